@@ -1,0 +1,98 @@
+"""The run configuration: typed nested dataclasses, one per YAML section.
+
+Every field carries its help text in ``metadata["help"]``; ``bigtrain config keys`` prints them.
+Keys marked *contract* in the issues (``run.dir``, ``model.hidden_size``, ``train.steps`` ...) are
+public interface: rename nothing, add freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def doc(default, help: str, **kw):
+    """A dataclass field with a help string (mutable defaults go through ``default_factory``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RunConfig:
+    dir: str = doc("runs/debug", "Run directory: config, metrics, checkpoints. Restarting on it resumes.")
+    name: str = doc("", "Free-form run name shown in logs (default: the run directory's name).")
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = doc(256, "Width of the residual stream.")
+    num_layers: int = doc(4, "Number of transformer blocks.")
+    num_heads: int = doc(8, "Attention (query) heads.")
+    num_kv_heads: int = doc(4, "Key/value heads (grouped-query attention); equal to num_heads for MHA.")
+    ffn_hidden_size: int = doc(688, "Inner width of the SwiGLU MLP.")
+    rope_theta: float = doc(10000.0, "RoPE base frequency.")
+    tie_embeddings: bool = doc(True, "Share the input embedding with the output projection.")
+    seq_len: int = doc(256, "Training sequence length in tokens (must equal the shards' seq_len).")
+    vocab_size: int = doc(0, "Tokenizer vocabulary size; 0 = read it from the data manifest.")
+    vocab_pad_multiple: int = doc(128, "Pad the embedding rows to a multiple of this (and of TP); padding is masked.")
+    norm_eps: float = doc(1e-5, "RMSNorm epsilon.")
+    init_std: float = doc(0.02, "Std of the normal init; output projections use std/sqrt(2*num_layers).")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = doc(1, "Tensor-parallel size (megatron-core layers); must divide the world size.")
+    zero_stage: int = doc(3, "DeepSpeed ZeRO stage: 0, 1, 2 or 3 (partitioned over data-parallel ranks only).")
+    cpu_offload: bool = doc(False, "Offload optimizer state (and ZeRO-3 params) to CPU memory (ds_configs/cpu_offload.json).")
+    backend: str = doc("auto", "torch.distributed backend: auto (nccl with CUDA, else gloo), nccl or gloo.")
+    bucket_size: int = doc(0, "ZeRO reduce/allgather/prefetch bucket size in elements; 0 = 1e6 on CPU, 5e8 on GPU.")
+    param_persistence_threshold: int = doc(
+        -1, "ZeRO-3: parameters smaller than this stay unpartitioned; -1 = 0 on CPU, 1e5 on GPU.")
+    ds_config: str = doc("", "Optional DeepSpeed JSON merged last over the ds_configs/ templates.")
+    timeout_min: int = doc(30, "Collective timeout in minutes.")
+
+
+@dataclass
+class DataConfig:
+    path: str = doc("", "Shard directory written by `bigtrain data shard`; empty = the embedded default corpus.")
+    num_workers: int = doc(0, "DataLoader worker processes per rank (0 = read in the training process).")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc(40, "Optimizer steps to run.")
+    global_batch_size: int = doc(8, "Sequences per optimizer step, over all data-parallel ranks.")
+    micro_batch_size: int = doc(2, "Sequences per forward/backward on one rank; the rest is accumulation.")
+    lr: float = doc(3e-3, "Peak learning rate (AdamW).")
+    min_lr_ratio: float = doc(0.1, "Cosine decay ends at lr * min_lr_ratio.")
+    warmup_steps: int = doc(4, "Linear warmup steps from 0 to lr.")
+    weight_decay: float = doc(0.1, "AdamW weight decay (not applied to norms).")
+    beta1: float = doc(0.9, "AdamW beta1.")
+    beta2: float = doc(0.95, "AdamW beta2.")
+    eps: float = doc(1e-8, "AdamW epsilon.")
+    grad_clip: float = doc(1.0, "Clip the global gradient norm to this (0 = off).")
+    seed: int = doc(1234, "Seed for initialisation and data order.")
+    precision: str = doc("fp32", "fp32 or bf16 (bf16 autocast weights with fp32 master weights in DeepSpeed).")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc(20, "Save every N steps (0 = only at the end).")
+    save_final: bool = doc(True, "Save after the last step.")
+
+
+@dataclass
+class LogConfig:
+    every: int = doc(1, "Log metrics every N steps.")
+    tensorboard: bool = doc(True, "Also write TensorBoard events under <run.dir>/tensorboard.")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)

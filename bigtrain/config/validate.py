@@ -1,0 +1,83 @@
+"""Checks that need no process group: run them before ``init_process_group``.
+
+Each failure names the offending key(s) and what is expected, so a misconfigured 512-GPU job dies
+in the first second with a readable message instead of a shape error after the NCCL bring-up.
+"""
+
+from __future__ import annotations
+
+from bigtrain.config.load import ConfigError
+from bigtrain.config.schema import Config
+
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("auto", "nccl", "gloo")
+
+
+def validate(cfg: Config, world_size: int | None = None) -> None:
+    """Raise ConfigError on the first problem found. ``world_size`` enables the layout checks."""
+    errors = config_errors(cfg, world_size)
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          "invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    errors: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    for key, value in [("model.hidden_size", m.hidden_size), ("model.num_layers", m.num_layers),
+                       ("model.num_heads", m.num_heads), ("model.num_kv_heads", m.num_kv_heads),
+                       ("model.ffn_hidden_size", m.ffn_hidden_size), ("model.seq_len", m.seq_len),
+                       ("model.vocab_pad_multiple", m.vocab_pad_multiple),
+                       ("parallel.tensor_parallel", p.tensor_parallel), ("train.steps", t.steps),
+                       ("train.global_batch_size", t.global_batch_size),
+                       ("train.micro_batch_size", t.micro_batch_size), ("log.every", cfg.log.every)]:
+        need(value > 0, f"{key} must be positive, got {value}")
+    if errors:
+        return errors
+
+    need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 = from the data manifest), got {m.vocab_size}")
+    need(m.hidden_size % m.num_heads == 0,
+         f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})")
+    need((m.hidden_size // m.num_heads) % 2 == 0,
+         f"model.hidden_size / model.num_heads = {m.hidden_size // m.num_heads} must be even for RoPE")
+    need(m.num_heads % m.num_kv_heads == 0,
+         f"model.num_heads ({m.num_heads}) must be divisible by model.num_kv_heads ({m.num_kv_heads})")
+    need(m.num_heads % p.tensor_parallel == 0,
+         f"model.num_heads ({m.num_heads}) must be divisible by parallel.tensor_parallel ({p.tensor_parallel})")
+    need(m.num_kv_heads % p.tensor_parallel == 0,
+         f"model.num_kv_heads ({m.num_kv_heads}) must be divisible by parallel.tensor_parallel "
+         f"({p.tensor_parallel}): each tensor-parallel rank holds whole key/value heads")
+    need(m.ffn_hidden_size % p.tensor_parallel == 0,
+         f"model.ffn_hidden_size ({m.ffn_hidden_size}) must be divisible by parallel.tensor_parallel "
+         f"({p.tensor_parallel})")
+    need(m.rope_theta > 0, f"model.rope_theta must be positive, got {m.rope_theta}")
+    need(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    need(p.backend in BACKENDS, f"parallel.backend must be one of {BACKENDS}, got {p.backend!r}")
+    need(t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got {t.precision!r}")
+    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
+    need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
+    need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    need(bool(cfg.run.dir), "run.dir must be set")
+    need(t.global_batch_size % t.micro_batch_size == 0,
+         f"train.global_batch_size ({t.global_batch_size}) must be divisible by train.micro_batch_size "
+         f"({t.micro_batch_size})")
+
+    if world_size is not None:
+        tp = p.tensor_parallel
+        need(world_size % tp == 0,
+             f"world size {world_size} must be divisible by parallel.tensor_parallel ({tp})")
+        if world_size % tp == 0:
+            dp = world_size // tp
+            need(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+                 f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
+                 f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
+                 f"{t.micro_batch_size * dp}")
+    return errors

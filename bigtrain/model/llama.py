@@ -1,0 +1,160 @@
+"""A Llama-style decoder built from megatron-core tensor-parallel layers.
+
+Plain model code: no engine, launcher or checkpoint logic. Parallelism enters only through the
+megatron ``ModelParallelConfig`` handed to each layer and the process groups megatron already holds.
+Shapes in comments: B batch, T time, C hidden, H local query heads, G local key/value heads,
+D head dim, V/tp the local vocabulary shard.
+
+Tensor-parallel layouts (also what the HF converter undoes, see bigtrain/convert/layout.py):
+- ``qkv.weight`` is one fused matrix in Megatron's *grouped* order: for each key/value head g,
+  its q heads, then k_g, then v_g. A contiguous split over TP ranks hands each rank whole groups.
+- ``fc1.weight`` is ``[gate; up]`` created with ``stride=2``, so each rank holds ``[gate_r; up_r]``.
+- the vocabulary is padded to a multiple of ``vocab_pad_multiple`` (and of TP); logits of padding
+  rows are masked out of the loss, so the padding never changes the model's function.
+
+With ``use_cpu_initialization`` every rank draws the *full* master weight of each layer from the
+global RNG and keeps its slice, so the initial model is identical for every TP size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig
+from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                           vocab_parallel_cross_entropy)
+from torch import nn
+
+from bigtrain.config.schema import ModelConfig
+from bigtrain.model.rope import apply_rope, rope_cache
+
+PAD_LOGIT = -1.0e30  # exp() underflows to exactly 0 in fp32 and bf16
+
+
+def padded_vocab_size(vocab_size: int, pad_multiple: int, tensor_parallel: int) -> int:
+    """Rows of the embedding table: independent of TP for TP sizes dividing ``pad_multiple``."""
+    multiple = math.lcm(pad_multiple, tensor_parallel)
+    return -(-vocab_size // multiple) * multiple
+
+
+def normal_init(std: float):
+    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
+
+
+class RMSNorm(nn.Module):
+    """Computed in fp32 like HF's LlamaRMSNorm, then cast back before the weight multiply."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+        super().__init__()
+        tp_size = tp.tensor_model_parallel_size
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.q_per_group = cfg.num_heads // cfg.num_kv_heads
+        self.local_groups = cfg.num_kv_heads // tp_size
+        out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        qkv_size = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_size, config=tp, bias=False, gather_output=False,
+                                        init_method=normal_init(cfg.init_std))
+        self.proj = RowParallelLinear(cfg.num_heads * self.head_dim, cfg.hidden_size, config=tp, bias=False,
+                                      input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv, _ = self.qkv(x)  # (B, T, G*(q_per_group+2)*D)
+        qkv = qkv.view(B, T, self.local_groups, self.q_per_group + 2, self.head_dim)
+        q = qkv[:, :, :, : self.q_per_group].reshape(B, T, -1, self.head_dim)  # (B, T, H, D)
+        k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.q_per_group > 1)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
+        out, _ = self.proj(y)
+        return out
+
+
+class MLP(nn.Module):
+    """SwiGLU: fc2(silu(gate(x)) * up(x)) with gate and up fused in fc1."""
+
+    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+        super().__init__()
+        out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        self.fc1 = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.ffn_hidden_size, config=tp, bias=False,
+                                        gather_output=False, stride=2, init_method=normal_init(cfg.init_std))
+        self.fc2 = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, config=tp, bias=False,
+                                     input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.fc1(x)  # (B, T, 2*F/tp) = [gate_r; up_r]
+        gate, up = h.chunk(2, dim=-1)
+        out, _ = self.fc2(F.silu(gate) * up)
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, tp)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg, tp)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, tp: ModelParallelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.vocab_pad_multiple,
+                                                   tp.tensor_model_parallel_size)
+        self.embed = VocabParallelEmbedding(self.padded_vocab_size, cfg.hidden_size, config=tp,
+                                            init_method=normal_init(cfg.init_std))
+        self.layers = nn.ModuleList(Block(cfg, tp) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = ColumnParallelLinear(cfg.hidden_size, self.padded_vocab_size, config=tp, bias=False,
+                                            gather_output=False, skip_weight_param_allocation=cfg.tie_embeddings,
+                                            init_method=normal_init(cfg.init_std))
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T) -> per-token losses (B, T) in fp32 if labels are given, else local logits (B, T, V/tp)."""
+        T = tokens.shape[1]
+        cos, sin = rope_cache(T, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, tokens.device)
+        x = self.embed(tokens)  # (B, T, C)
+        for block in self.layers:
+            x = block(x, cos, sin)
+        x = self.norm(x)
+        weight = self.embed.weight if self.cfg.tie_embeddings else None
+        logits, _ = self.lm_head(x, weight=weight)  # (B, T, V/tp)
+        logits = self.mask_padding(logits)
+        if labels is None:
+            return logits
+        return vocab_parallel_cross_entropy(logits.float(), labels)
+
+    def mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
+        """Give padding rows of the vocabulary a logit of -1e30 so they carry no probability."""
+        if self.padded_vocab_size == self.vocab_size:
+            return logits
+        shard = logits.shape[-1]
+        start = self.lm_head_rank() * shard
+        ids = torch.arange(start, start + shard, device=logits.device)
+        return logits.masked_fill(ids >= self.vocab_size, PAD_LOGIT)
+
+    def lm_head_rank(self) -> int:
+        return self.embed.vocab_start_index // self.embed.num_embeddings_per_partition

@@ -1,0 +1,36 @@
+"""The one place bigtrain imports DeepSpeed, so its process-wide settings are applied first.
+
+- ``DS_ACCELERATOR=cpu`` when torch has no CUDA device (DeepSpeed reads it at import time).
+- DeepSpeed's CPU comm backend JIT-compiles a shared-memory op (``deepspeed_shm_comm``, ~60 s on
+  2 cores) on *every* ``init_distributed``; it only speeds up inference all-reduce, so we mark it
+  incompatible in ``deepspeed.ops.__compatible_ops__`` and training collectives go through gloo.
+  Set ``BIGTRAIN_DS_SHM=1`` to keep it.
+- DeepSpeed's deprecated-collective FutureWarnings (~64 per run) are filtered, and its logger is
+  set to WARNING (``BIGTRAIN_DS_LOG=info`` restores its chatter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from functools import cache
+
+
+@cache
+def import_deepspeed():
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
+    import deepspeed
+    import deepspeed.ops
+
+    if os.environ.get("BIGTRAIN_DS_SHM") != "1":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    level = os.environ.get("BIGTRAIN_DS_LOG", "warning").upper()
+    logging.getLogger("DeepSpeed").setLevel(level)
+    deepspeed.utils.logger.setLevel(level)
+    return deepspeed
