@@ -1,0 +1,124 @@
+"""Wrap the plain model in a DeepSpeed ZeRO engine over megatron's data-parallel group.
+
+Order (fixed): DeepSpeed config from ds_configs/ templates -> model built under ``zero.Init``
+(ZeRO-3 partitions each TP shard across the data-parallel group only) -> ``deepspeed.initialize``
+with the megatron mpu adapter, AdamW param groups and the warmup+cosine schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from megatron.core import ModelParallelConfig, parallel_state
+
+from bigtrain.config.load import ConfigError
+from bigtrain.config.schema import Config
+from bigtrain.model.llama import LlamaModel
+from bigtrain.parallel.dsenv import import_deepspeed
+from bigtrain.parallel.mpu import MegatronMpu
+from bigtrain.parallel.world import World
+from bigtrain.train.schedule import lr_lambda
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"DeepSpeed config {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {exc}") from exc
+
+
+def build_ds_config(cfg: Config, dp_size: int, on_gpu: bool) -> dict[str, Any]:
+    """Merge the templates (see ds_configs/README.md) and fill every "auto" from ``cfg``."""
+    p, t = cfg.parallel, cfg.train
+    ds = load_json(TEMPLATE_DIR / f"zero{p.zero_stage}.json")
+    if t.precision == "bf16":
+        ds = deep_merge(ds, load_json(TEMPLATE_DIR / "bf16.json"))
+    if p.cpu_offload:
+        ds = deep_merge(ds, load_json(TEMPLATE_DIR / "cpu_offload.json"))
+    if p.ds_config:
+        ds = deep_merge(ds, load_json(Path(p.ds_config)))
+    bucket = p.bucket_size or (500_000_000 if on_gpu else 1_000_000)
+    persistence = p.param_persistence_threshold if p.param_persistence_threshold >= 0 else (
+        100_000 if on_gpu else 0)
+    autos = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp_size),
+        "gradient_clipping": t.grad_clip,
+        "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": t.eps, "weight_decay": t.weight_decay,
+        "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
+        "stage3_prefetch_bucket_size": bucket, "stage3_param_persistence_threshold": persistence,
+    }
+    return fill_auto(ds, autos)
+
+
+def fill_auto(node: Any, autos: dict[str, Any], path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: fill_auto(v, autos, f"{path}{k}.") if v != "auto" else auto_value(autos, k, path)
+                for k, v in node.items()}
+    return node
+
+
+def auto_value(autos: dict[str, Any], key: str, path: str) -> Any:
+    if key not in autos:
+        raise ConfigError(f"DeepSpeed config: no bigtrain value for \"auto\" at {path}{key}")
+    return autos[key]
+
+
+def tp_layer_config(cfg: Config, world: World) -> ModelParallelConfig:
+    """The narrow parallel config megatron's layers receive (fusions off: they need CUDA/apex)."""
+    return ModelParallelConfig(
+        tensor_model_parallel_size=world.tp_size, use_cpu_initialization=True, perform_initialization=True,
+        params_dtype=torch.float32, sequence_parallel=False, gradient_accumulation_fusion=False)
+
+
+def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> LlamaModel:
+    """Construct the model (partitioned at construction under ZeRO-3) from ``train.seed``."""
+    deepspeed = import_deepspeed()
+    torch.manual_seed(cfg.train.seed)
+    with deepspeed.zero.Init(data_parallel_group=parallel_state.get_data_parallel_group(),
+                             config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3,
+                             mpu=MegatronMpu()):
+        model = LlamaModel(cfg.model, vocab_size, tp_layer_config(cfg, world))
+    if cfg.parallel.zero_stage == 3 and cfg.model.tie_embeddings:
+        # The output layer reads the embedding's weight: ZeRO-3 must gather it for lm_head too.
+        deepspeed.zero.register_external_parameter(model.lm_head, model.embed.weight)
+    return model
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; norms (1-D gains) are not decayed."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if name.endswith("norm.weight") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(cfg: Config, world: World, vocab_size: int):
+    """-> (DeepSpeed engine, resolved DeepSpeed config dict)."""
+    deepspeed = import_deepspeed()
+    ds_config = build_ds_config(cfg, world.dp_size, on_gpu=world.device.type == "cuda")
+    model = build_model(cfg, world, vocab_size, ds_config)
+    schedule = lr_lambda(cfg.train)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.train.weight_decay), config=ds_config,
+        mpu=MegatronMpu(), lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+    return engine, ds_config

@@ -1,0 +1,125 @@
+"""Compose a pretraining run: data -> world -> engine -> resume -> loader -> loop.
+
+Everything that can be checked without a process group (config, data, the existing run
+directory) is checked first, so a bad run fails in seconds with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+
+from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta
+from bigtrain.config.load import ConfigError, dump_yaml, to_dict
+from bigtrain.config.schema import Config
+from bigtrain.config.validate import validate
+from bigtrain.data.loader import StreamSpec, train_loader
+from bigtrain.data.manifest import Manifest
+from bigtrain.model.llama import padded_vocab_size
+from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
+from bigtrain.train.checkpointing import CheckpointCallback
+from bigtrain.train.loop import Trainer, TrainState
+from bigtrain.train.metrics import MetricsLogger
+
+
+def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
+    """Find (or build, for the embedded default) the shards; fill data.path and model.vocab_size."""
+    if cfg.data.path:
+        shard_dir = Path(cfg.data.path)
+    else:
+        from bigtrain.data.embedded import ensure_embedded_dataset
+
+        shard_dir = ensure_embedded_dataset(seq_len=cfg.model.seq_len)
+    manifest = Manifest.load(shard_dir)
+    if manifest.seq_len != cfg.model.seq_len:
+        raise ConfigError(f"model.seq_len={cfg.model.seq_len} but the shards in {shard_dir} hold sequences of "
+                          f"{manifest.seq_len} tokens: set model.seq_len={manifest.seq_len} or re-shard")
+    if cfg.model.vocab_size not in (0, manifest.vocab_size):
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the shards in {shard_dir} were "
+                          f"tokenized with a vocabulary of {manifest.vocab_size}")
+    model = dataclasses.replace(cfg.model, vocab_size=manifest.vocab_size)
+    data = dataclasses.replace(cfg.data, path=str(shard_dir.resolve()))
+    return dataclasses.replace(cfg, model=model, data=data), manifest
+
+
+def check_resumable(cfg: Config, world_size: int) -> None:
+    """A restart must match the layout of the checkpoint it resumes from."""
+    folder = latest_checkpoint(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    if folder is None:
+        return
+    meta = read_meta(folder)
+    if meta["model"] != to_dict(cfg)["model"]:
+        diff = {k: (v, meta["model"].get(k)) for k, v in to_dict(cfg)["model"].items() if meta["model"].get(k) != v}
+        raise ConfigError(f"run.dir {cfg.run.dir} holds a checkpoint of a different model "
+                          f"(key: this config vs checkpoint): {diff}; use a new run.dir")
+    tp, dp = cfg.parallel.tensor_parallel, world_size // cfg.parallel.tensor_parallel
+    saved = (meta["tensor_parallel"], meta["data_parallel"], meta["zero_stage"])
+    if saved != (tp, dp, cfg.parallel.zero_stage):
+        raise ConfigError(
+            f"{folder} was saved with tensor_parallel={saved[0]}, data_parallel={saved[1]}, zero_stage={saved[2]}; "
+            f"this run has {tp}, {dp}, {cfg.parallel.zero_stage}. Restart with the saved layout.")
+
+
+def describe(trainer: Trainer) -> dict:
+    """meta.json content of a checkpoint (see bigtrain/checkpoint/manager.py)."""
+    cfg, world = trainer.cfg, trainer.world
+    return {
+        "step": trainer.state.step,
+        "consumed_samples": trainer.state.consumed_samples,
+        "consumed_tokens": trainer.state.consumed_samples * cfg.model.seq_len,
+        "tensor_parallel": world.tp_size,
+        "data_parallel": world.dp_size,
+        "zero_stage": cfg.parallel.zero_stage,
+        "precision": cfg.train.precision,
+        "vocab_size": cfg.model.vocab_size,
+        "padded_vocab_size": padded_vocab_size(cfg.model.vocab_size, cfg.model.vocab_pad_multiple, world.tp_size),
+        "model": to_dict(cfg)["model"],
+        "data": {"path": cfg.data.path, "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.seed},
+    }
+
+
+def write_run_dir(run_dir: Path, cfg: Config, manifest: Manifest, ds_config: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
+    shutil.copytree(manifest.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
+
+
+def pretrain(cfg: Config) -> TrainState:
+    """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
+    launch = launch_env()
+    validate(cfg, launch.world_size)
+    cfg, manifest = resolve_data(cfg)
+    check_resumable(cfg, launch.world_size)
+    world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
+    try:
+        return train(cfg, world, manifest)
+    finally:
+        destroy_world()
+
+
+def train(cfg: Config, world: World, manifest: Manifest) -> TrainState:
+    from bigtrain.parallel.engine import build_engine
+
+    run_dir = Path(cfg.run.dir)
+    engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
+    if world.is_main:
+        write_run_dir(run_dir, cfg, manifest, ds_config)
+    dist.barrier()
+    meta = Checkpointer(run_dir, world.is_main).load_latest(engine)
+    state = TrainState(meta["step"], meta["consumed_samples"]) if meta else TrainState()
+    if world.is_main and meta:
+        print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}", flush=True)
+    spec = StreamSpec(cfg.train.global_batch_size, cfg.train.micro_batch_size, world.dp_rank, world.dp_size,
+                      cfg.train.seed, start_sample=state.consumed_samples)
+    loader = train_loader(cfg.data.path, spec, cfg.data.num_workers, pin_memory=world.device.type == "cuda")
+    callbacks = [
+        MetricsLogger(run_dir, cfg.log.every, cfg.log.tensorboard),
+        CheckpointCallback(Checkpointer(run_dir, world.is_main), cfg.checkpoint.every, cfg.checkpoint.save_final,
+                           describe, dump_yaml(cfg), run_dir / "tokenizer"),
+    ]
+    return Trainer(cfg, world, engine, iter(loader), state, callbacks).fit()
