@@ -35,15 +35,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bigtrain.config.load import ConfigError, load_config
-    from bigtrain.data.errors import DataError
+    from bigtrain.config.load import load_config
+    from bigtrain.errors import UserError
 
     try:
         cfg = load_config(args.config, args.overrides)
         from bigtrain.train.run import pretrain
 
         pretrain(cfg)
-    except (ConfigError, DataError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

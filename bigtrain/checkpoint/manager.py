@@ -27,13 +27,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from bigtrain.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
 FORMAT = "bigtrain-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the run."""
 
 

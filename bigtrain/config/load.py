@@ -17,11 +17,12 @@ from typing import Any
 import yaml
 
 from bigtrain.config.schema import Config
+from bigtrain.errors import UserError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the key and what is expected."""
 
 

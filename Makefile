@@ -1,0 +1,32 @@
+# The two set-up commands of the README:
+#   make demo   create .venv, install bigtrain, run the whole pipeline on the embedded corpus (CPU, 2 ranks)
+#   make test   create .venv, install bigtrain[dev], run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bigtrain-installed
+
+.PHONY: demo test test-fast install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: a bare "torch" requirement would pull the newest CUDA build (several GB)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,plot]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash tools/demo.sh
+
+test: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache

@@ -1,0 +1,169 @@
+"""The ``bigtrain`` command: one subcommand per pipeline stage, each mapped to one function.
+
+Heavy libraries (torch, deepspeed, transformers) are imported inside the handlers so that
+``bigtrain --help`` and config checks answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from bigtrain.pretrain import main
+
+    sys.exit(main(["--config", args.config, *args.overrides]))
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from bigtrain.data.tokenizer import train_tokenizer
+
+    out = train_tokenizer([Path(p) for p in args.input], args.vocab_size, Path(args.out), text_key=args.text_key)
+    print(f"tokenizer written to {out} (sentencepiece tokenizer.model + Hugging Face tokenizer files)")
+
+
+def cmd_data_shard(args: argparse.Namespace) -> None:
+    from bigtrain.data.shards import write_shards
+
+    manifest = write_shards(Path(args.tokenizer), [Path(p) for p in args.input], args.seq_len, Path(args.out),
+                            text_key=args.text_key, val_fraction=args.val_fraction,
+                            samples_per_shard=args.samples_per_shard, seed=args.seed)
+    for split, info in manifest.splits.items():
+        print(f"{split}: {info.num_samples} samples of {manifest.seq_len + 1} tokens in {len(info.shards)} shard(s)")
+    print(f"shards and manifest.json written to {args.out}")
+
+
+def cmd_data_corpus(args: argparse.Namespace) -> None:
+    from bigtrain.data.corpus import write_embedded_corpus
+
+    print(f"embedded corpus written to {write_embedded_corpus(Path(args.out))}")
+
+
+def cmd_convert_to_hf(args: argparse.Namespace) -> None:
+    from bigtrain.convert.to_hf import to_hf
+
+    out = to_hf(args.src, Path(args.out), dtype=args.dtype)
+    print(f"Hugging Face model written to {out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from bigtrain.evaluate import evaluate
+
+    result = evaluate(args.src, Path(args.text), args.seq_len)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        import math
+
+        print(f"loss {result['loss']:.4f} | perplexity {math.exp(result['loss']):.2f} | {result['tokens']} tokens")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from bigtrain.generate import generate
+
+    print(generate(args.src, args.prompt, args.max_new_tokens))
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from bigtrain.config import dump_yaml, load_config, validate
+
+    cfg = load_config(args.config, args.overrides)
+    validate(cfg, args.world_size)
+    print(dump_yaml(cfg), end="")
+
+
+def cmd_config_keys(args: argparse.Namespace) -> None:
+    from bigtrain.config.load import field_help
+
+    for key, help_text, default in field_help():
+        print(f"{key:<40} {default!r:<14} {help_text}")
+
+
+def cmd_config_recipes(args: argparse.Namespace) -> None:
+    from bigtrain.config.load import RECIPE_DIR, recipe_names
+
+    for name in recipe_names():
+        print(f"{name:<12} {RECIPE_DIR / (name + '.yaml')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigtrain", description="Pretrain Llama-style models with DeepSpeed "
+                                     "ZeRO + megatron-core tensor parallelism; export to Hugging Face.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="run pretraining in this process (one rank; use deepspeed/torchrun for more)")
+    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_pretrain)
+
+    tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
+    p = tok.add_parser("train", help="train a sentencepiece BPE tokenizer (+ Hugging Face files)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help=".jsonl[.gz] (one doc per line) or text files")
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--text-key", default="text", help="JSONL field holding the text (default: text)")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
+    p = data.add_parser("shard", help="tokenize, pack and write WebDataset shards + manifest.json")
+    p.add_argument("--tokenizer", required=True, metavar="DIR")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
+    p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.set_defaults(func=cmd_data_shard)
+    p = data.add_parser("corpus", help="write the embedded default corpus (Python docstrings) as JSONL")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_data_corpus)
+
+    conv = sub.add_parser("convert", help="checkpoint conversion").add_subparsers(dest="action", required=True)
+    p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder")
+    p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.set_defaults(func=cmd_convert_to_hf)
+
+    p = sub.add_parser("eval", help="loss of a checkpoint on a text file (one document, BOS, windows of --seq-len)")
+    p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--text", required=True, metavar="FILE")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--json", action="store_true", help='print {"loss": ..., "tokens": ...}')
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="greedy continuation of a prompt")
+    p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_generate)
+
+    cfg = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    p = cfg.add_parser("show", help="print the resolved, validated config")
+    p.add_argument("--config", default="debug")
+    p.add_argument("--world-size", type=int, default=None, help="also check the layout for this many ranks")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_config_show)
+    cfg.add_parser("keys", help="list every config key with its default and help").set_defaults(func=cmd_config_keys)
+    cfg.add_parser("recipes", help="list the shipped recipes").set_defaults(func=cmd_config_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bigtrain.errors import UserError
+
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
