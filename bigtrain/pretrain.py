@@ -12,6 +12,9 @@ further ``key=value`` overrides a dotted config key (``bigtrain config keys`` li
 ``--config`` the debug recipe runs on the embedded default corpus (Python's own docstrings), which is
 tokenized and sharded into ``~/.cache/bigtrain`` on first use. Restarting the same command on the
 same ``run.dir`` resumes from its latest complete checkpoint.
+
+Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 75 stopped by SIGTERM or
+SIGUSR1 after saving a checkpoint: requeue the job and it resumes.
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from bigtrain.train.run import pretrain
 
-        pretrain(cfg)
+        trainer = pretrain(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if trainer.requeue:
+        from bigtrain.train.signals import REQUEUE_EXIT_CODE
+
+        return REQUEUE_EXIT_CODE
     return 0
 
 

@@ -88,6 +88,12 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = doc(0, "Evaluate validation loss every N steps (0 = off); also after the last step when on.")
+    batches: int = doc(4, "Validation set size in global batches (capped by the shards' validation split).")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,3 +102,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -64,6 +64,8 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
+    need(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = off), got {cfg.eval.every}")
+    need(cfg.eval.batches > 0, f"eval.batches must be positive, got {cfg.eval.batches}")
     need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     need(bool(cfg.run.dir), "run.dir must be set")
     need(t.global_batch_size % t.micro_batch_size == 0,

@@ -33,5 +33,6 @@ class CheckpointCallback(Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        if self.save_final and self.last_saved != trainer.state.step:
+        # a stop requested by a signal always saves: the job is about to be requeued
+        if (self.save_final or trainer.stop_reason) and self.last_saved != trainer.state.step:
             self.save(trainer)

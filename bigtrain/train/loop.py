@@ -31,11 +31,20 @@ class Trainer:
         self.batches = batches
         self.callbacks = callbacks
         self.accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world.dp_size)
+        self.extra_metrics: dict[str, float] = {}  # filled by callbacks during a step (e.g. val_loss)
+        self.stop_reason: str | None = None
+        self.requeue = False
+
+    def stop(self, reason: str, requeue: bool = False) -> None:
+        """End the loop after the current step (callbacks' on_train_end still run: e.g. a final save)."""
+        self.stop_reason = reason
+        self.requeue = requeue
 
     def fit(self) -> TrainState:
         for cb in self.callbacks:
             cb.on_train_start(self)
-        while self.state.step < self.cfg.train.steps:
+        while self.state.step < self.cfg.train.steps and self.stop_reason is None:
+            self.extra_metrics = {}
             result = train_step(self.engine, self.batches, self.accum, self.world.device)
             self.state.step += 1
             self.state.consumed_samples += self.cfg.train.global_batch_size

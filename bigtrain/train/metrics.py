@@ -62,6 +62,7 @@ class MetricsLogger(Callback):
             "data_wait": result.data_wait,
             "consumed_samples": trainer.state.consumed_samples,
             "consumed_tokens": trainer.state.consumed_samples * trainer.cfg.model.seq_len,
+            **trainer.extra_metrics,
         }
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
@@ -79,10 +80,13 @@ class MetricsLogger(Callback):
     @staticmethod
     def format(row: dict, total: int, eta: str) -> str:
         norm = "-" if row["grad_norm"] is None else f"{row['grad_norm']:.3f}"
-        return (f"step {row['step']:>6}/{total} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | grad_norm {norm} | "
-                f"{row['tokens_per_sec']:,.0f} tok/s | {row['step_time']:.3f} s/step | eta {eta}")
+        val = f" | val_loss {row['val_loss']:.4f}" if "val_loss" in row else ""
+        return (f"step {row['step']:>6}/{total} | loss {row['loss']:.4f}{val} | lr {row['lr']:.2e} | "
+                f"grad_norm {norm} | {row['tokens_per_sec']:,.0f} tok/s | {row['step_time']:.3f} s/step | eta {eta}")
 
     def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.world.is_main and trainer.stop_reason:
+            print(f"stopping after step {trainer.state.step}: {trainer.stop_reason}", file=self.stream, flush=True)
         if self.file:
             self.file.close()
         if self.writer:

@@ -17,13 +17,15 @@ from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_che
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import Config
 from bigtrain.config.validate import validate
-from bigtrain.data.loader import StreamSpec, train_loader
+from bigtrain.data.loader import ShardReader, StreamSpec, train_loader
 from bigtrain.data.manifest import Manifest
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train.checkpointing import CheckpointCallback
+from bigtrain.train.evaluation import EvalCallback
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger
+from bigtrain.train.signals import SignalStop
 
 
 def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
@@ -41,6 +43,10 @@ def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
     if cfg.model.vocab_size not in (0, manifest.vocab_size):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the shards in {shard_dir} were "
                           f"tokenized with a vocabulary of {manifest.vocab_size}")
+    val = manifest.splits.get("val")
+    if cfg.eval.every and (val is None or not val.num_samples):
+        raise ConfigError(f"eval.every={cfg.eval.every} but the shards in {shard_dir} have no validation samples: "
+                          "re-shard with --val-fraction > 0 or set eval.every=0")
     model = dataclasses.replace(cfg.model, vocab_size=manifest.vocab_size)
     data = dataclasses.replace(cfg.data, path=str(shard_dir.resolve()))
     return dataclasses.replace(cfg, model=model, data=data), manifest
@@ -89,7 +95,7 @@ def write_run_dir(run_dir: Path, cfg: Config, manifest: Manifest, ds_config: dic
     shutil.copytree(manifest.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
-def pretrain(cfg: Config) -> TrainState:
+def pretrain(cfg: Config) -> Trainer:
     """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
     launch = launch_env()
     validate(cfg, launch.world_size)
@@ -102,7 +108,7 @@ def pretrain(cfg: Config) -> TrainState:
         destroy_world()
 
 
-def train(cfg: Config, world: World, manifest: Manifest) -> TrainState:
+def train(cfg: Config, world: World, manifest: Manifest) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
     run_dir = Path(cfg.run.dir)
@@ -118,8 +124,12 @@ def train(cfg: Config, world: World, manifest: Manifest) -> TrainState:
                       cfg.train.seed, start_sample=state.consumed_samples)
     loader = train_loader(cfg.data.path, spec, cfg.data.num_workers, pin_memory=world.device.type == "cuda")
     callbacks = [
+        EvalCallback(ShardReader(manifest, "val"), cfg.eval.every, cfg.eval.batches),  # before metrics: logs val_loss
         MetricsLogger(run_dir, cfg.log.every, cfg.log.tensorboard),
+        SignalStop(),
         CheckpointCallback(Checkpointer(run_dir, world.is_main), cfg.checkpoint.every, cfg.checkpoint.save_final,
                            describe, dump_yaml(cfg), run_dir / "tokenizer"),
     ]
-    return Trainer(cfg, world, engine, iter(loader), state, callbacks).fit()
+    trainer = Trainer(cfg, world, engine, iter(loader), state, callbacks)
+    trainer.fit()
+    return trainer

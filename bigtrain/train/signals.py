@@ -1,0 +1,48 @@
+"""Stop cleanly on SIGTERM / SIGUSR1 (what SLURM sends before a time limit or on preemption).
+
+The handler only sets a flag. After each step the ranks agree (all-reduce MAX) on whether any of
+them was signalled, so every rank stops after the *same* step; the loop then ends, the checkpoint
+callback saves, and the process exits with :data:`REQUEUE_EXIT_CODE` so a launcher knows to
+requeue. Further signals during the save are recorded but change nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+from bigtrain.train.loop import Callback, Trainer
+from bigtrain.train.step import StepResult
+
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure; retry later"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class SignalStop(Callback):
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = signals
+        self.received: list[str] = []
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received.append(signal.Signals(signum).name)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        for sig in self.signals:
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        flag = torch.tensor([1.0 if self.received else 0.0], device=trainer.world.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and trainer.stop_reason is None:
+            names = ",".join(sorted(set(self.received))) or "a signal on another rank"
+            trainer.stop(f"received {names}", requeue=True)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        pass  # handlers stay installed until exit: a late signal must not kill a final save
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
