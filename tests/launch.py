@@ -1,0 +1,55 @@
+"""Run a script or module on N local ranks with torchrun, for multi-rank tests on CPU (gloo).
+
+    proc = run_ranks("bigtrain/pretrain.py", 4, ["--config", "debug", "run.dir=/tmp/r"], timeout=120)
+
+Each call gets a free master port, so tests can run one after another without port clashes. On a
+non-zero exit or a timeout it raises ``RankFailure`` with the tail of the ranks' output. A rank may
+exit non-zero *after* finishing its work (a rare SIGABRT at interpreter exit, see FACTS.md): pass
+``check=False`` and check the files the ranks wrote instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TAIL_CHARS = 6000
+
+
+class RankFailure(AssertionError):
+    """The ranks exited non-zero or ran past the timeout; the message holds the log tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(target: str, nprocs: int, args: list[str] = (), timeout: float = 300, module: bool = False,
+              env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """torchrun ``target`` (a script path, or a module with ``module=True``) with ``nprocs`` ranks."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nprocs}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    cmd += ["-m", target] if module else [str(target)]
+    cmd += [str(a) for a in args]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise RankFailure(f"{' '.join(cmd)} ran past {timeout} s\n{tail(exc.stdout, exc.stderr)}") from None
+    if check and proc.returncode != 0:
+        raise RankFailure(f"{' '.join(cmd)} exited with {proc.returncode}\n{tail(proc.stdout, proc.stderr)}")
+    return proc
+
+
+def tail(stdout: str | bytes | None, stderr: str | bytes | None) -> str:
+    def text(x):
+        return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+
+    return f"--- stdout (tail) ---\n{text(stdout)[-TAIL_CHARS:]}\n--- stderr (tail) ---\n{text(stderr)[-TAIL_CHARS:]}"
