@@ -1,0 +1,184 @@
+"""``manifest.json`` of a shard directory: the contract between the shard writer and the loader.
+
+Layout of a shard directory (format ``bigtrain-shards/1``):
+- ``train-000000.tar``, ``train-000001.tar``, ..., ``val-000000.tar``, ...: plain (uncompressed) tar
+  files. Sample i of a split (counted over all its shards) is ONE member ``f"{i:010d}.tokens"`` holding
+  ``sample_tokens = seq_len + 1`` token ids as little-endian ``dtype`` bytes (no header). Members have
+  no PAX/GNU extension headers, so each takes exactly ``member_bytes`` = 512 (header) + the data
+  rounded up to 512, and sample j of a shard starts at byte ``j * member_bytes``.
+- Sample i covers ``stream[i*seq_len : i*seq_len + seq_len + 1]`` of its split's token stream (the
+  concatenation of ``[bos] + ids + [eos]`` per document, in input order): consecutive samples share one
+  token, so every token after the first is a prediction target exactly once. ``num_tokens`` is the
+  stream length; ``dropped_tokens`` are the tokens at its end that fit in no sample.
+- ``manifest.json``: written last and atomically; a directory without it is not a finished dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bigtrain.data.errors import DataError
+
+FORMAT_NAME = "bigtrain-shards"
+FORMAT_VERSION = 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+MANIFEST_FILE = "manifest.json"
+TAR_BLOCK = 512
+TAR_END_BYTES = 2 * TAR_BLOCK  # a finished tar ends with two zero blocks
+SPLITS = ("train", "val")
+
+
+def member_bytes(sample_tokens: int, itemsize: int) -> int:
+    """Bytes one sample occupies in a shard: a 512-byte header + data padded to the block size."""
+    return TAR_BLOCK + -(-sample_tokens * itemsize // TAR_BLOCK) * TAR_BLOCK
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str  # name relative to the shard directory
+    num_samples: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    num_documents: int
+    num_samples: int
+    num_tokens: int
+    dropped_tokens: int
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenizerRef:
+    path: str  # absolute path of the tokenizer directory
+    sha256: str  # of its tokenizer.model
+
+
+@dataclass(frozen=True)
+class Manifest:
+    seq_len: int
+    sample_tokens: int
+    dtype: str
+    member_bytes: int
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    tokenizer: TokenizerRef
+    inputs: list[str]
+    text_key: str
+    val_fraction: float
+    seed: int
+    created_by: str
+    splits: dict[str, SplitInfo]
+    format: str = FORMAT
+    root: Path = field(default=Path("."), compare=False)  # the directory it was loaded from; not saved
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The tokenizer the shards were made with (not copied into the shard directory)."""
+        path = Path(self.tokenizer.path)
+        if not path.is_dir():
+            raise DataError(f"tokenizer directory {path} named in {self.root / MANIFEST_FILE} is missing")
+        return path
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.root / shard.file for shard in self.splits[split].shards]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        del data["root"]
+        return {"format": data.pop("format"), **data}
+
+    def save(self, directory: Path) -> Path:
+        """Write ``manifest.json`` atomically (temp file, fsync, rename)."""
+        path = Path(directory) / MANIFEST_FILE
+        tmp = path.with_name(f".{MANIFEST_FILE}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        """Read and validate a shard directory's manifest; every listed shard must exist at full size."""
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not directory.is_dir():
+            raise DataError(f"shard directory {directory} does not exist")
+        if not path.exists():
+            raise DataError(f"{directory} has no {MANIFEST_FILE}: not a shard directory, or sharding did not finish")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: invalid JSON ({exc})") from None
+        manifest = from_dict(data, path)
+        check_consistent(manifest, path)
+        check_shard_files(manifest, directory)
+        return manifest
+
+
+def check_format(data: dict, path: Path) -> None:
+    fmt = data.get("format") if isinstance(data, dict) else None
+    name, _, version = str(fmt).partition("/")
+    if name != FORMAT_NAME or not version.isdigit():
+        raise DataError(f"{path}: not a bigtrain shard manifest (format {fmt!r}, expected {FORMAT!r})")
+    if int(version) != FORMAT_VERSION:
+        raise DataError(f"{path}: shard format version {version}, this bigtrain reads version {FORMAT_VERSION}; "
+                        f"re-shard with this version or use a matching bigtrain")
+
+
+def from_dict(data: dict, path: Path) -> Manifest:
+    check_format(data, path)
+    try:
+        splits = {name: SplitInfo(**{**info, "shards": [ShardInfo(**s) for s in info["shards"]]})
+                  for name, info in data["splits"].items()}
+        fields = {k: v for k, v in data.items() if k not in ("splits", "tokenizer")}
+        return Manifest(**fields, tokenizer=TokenizerRef(**data["tokenizer"]), splits=splits,
+                        root=path.parent.resolve())
+    except KeyError as exc:
+        raise DataError(f"{path}: missing key {exc}") from None
+    except (TypeError, AttributeError) as exc:  # unknown or missing dataclass fields, wrong nesting
+        raise DataError(f"{path}: malformed manifest ({exc})") from None
+
+
+def check_consistent(m: Manifest, path: Path) -> None:
+    itemsize = {"uint16": 2, "uint32": 4}.get(m.dtype)
+    problems = []
+    if itemsize is None:
+        problems.append(f"dtype {m.dtype!r} is not uint16/uint32")
+    elif m.member_bytes != member_bytes(m.sample_tokens, itemsize):
+        problems.append(f"member_bytes {m.member_bytes} != {member_bytes(m.sample_tokens, itemsize)}")
+    if m.sample_tokens != m.seq_len + 1:
+        problems.append(f"sample_tokens {m.sample_tokens} != seq_len + 1")
+    for name, split in m.splits.items():
+        if split.num_samples != sum(s.num_samples for s in split.shards):
+            problems.append(f"split {name}: num_samples differs from the sum over its shards")
+    if "train" not in m.splits:
+        problems.append("no train split")
+    if problems:
+        raise DataError(f"{path}: inconsistent manifest: {'; '.join(problems)}")
+
+
+def check_shard_files(m: Manifest, directory: Path) -> None:
+    """Each shard must exist and be at least as long as its samples plus the tar end blocks."""
+    for split in m.splits.values():
+        for shard in split.shards:
+            shard_path = directory / shard.file
+            if not shard_path.is_file():
+                raise DataError(f"shard {shard_path} listed in {directory / MANIFEST_FILE} is missing")
+            need = shard.num_samples * m.member_bytes + TAR_END_BYTES
+            size = shard_path.stat().st_size
+            if size < need:
+                raise DataError(f"shard {shard_path} is truncated: {size} bytes, "
+                                f"{shard.num_samples} samples need {need}")
