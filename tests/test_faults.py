@@ -163,6 +163,7 @@ def test_sigusr1_saves_and_exits_75_and_the_resumed_run_is_identical(reference, 
     resumed = launch(run, shards, name="resume")
     assert resumed.wait() == 0, resumed.tail()
     assert "resumed from" in resumed.tail() and "at step 5" in resumed.tail()
+    assert "RNG states not restored" not in resumed.tail()  # every rank restored its own generators
     assert_same_metrics(reference, run)
 
 

@@ -111,3 +111,14 @@ def test_peak_memory_kind_on_this_machine():
 
     gib, kind = peak_memory(torch.device("cpu"))
     assert kind == "rss_peak" and 0.01 < gib < 64
+
+
+def test_resume_drops_rows_after_the_checkpoint_and_a_torn_last_row(tmp_path):
+    import json
+
+    from bigtrain.train.metrics import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    truncate_metrics(path, 4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]

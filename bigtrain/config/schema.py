@@ -80,8 +80,9 @@ class TrainConfig:
     spike_threshold: float = doc(
         2.0, "Log a loss spike when a step's loss exceeds this multiple of the running mean of recent losses; 0 = off.")
     watchdog_timeout_s: float = doc(
-        0.0, "Hang watchdog: if a rank makes no progress (step, eval batch, checkpoint phase) for this many seconds, "
-        "every rank dumps its Python stacks to stderr and <run.dir>/hangs/ and exits with status 4; 0 = off.")
+        0.0, "Hang watchdog: if a rank makes no progress (a step, an eval batch, a checkpoint save) for this many "
+        "seconds, every rank dumps its Python stacks to stderr and <run.dir>/hangs/ and exits with status 4; "
+        "set it above the longest step and checkpoint save; 0 = off.")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -34,8 +33,6 @@ class TrainState:
         health = {k: v for k, v in meta.get("health", {}).items() if k in cls.HEALTH}
         return cls(step=meta["step"], consumed_samples=meta["consumed_samples"], **health)
 
-    def copy(self) -> "TrainState":
-        return dataclasses.replace(self)
 
 
 class Callback:

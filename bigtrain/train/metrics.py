@@ -37,11 +37,18 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after ``last_step`` (a run that died after its last checkpoint redoes them)."""
+    """Drop rows logged after ``last_step`` (a run that died after its last checkpoint redoes them),
+    and a last row torn by a kill in the middle of its write."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= last_step:
+            keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(f"{line}\n" for line in keep))
     tmp.replace(path)
