@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ TINY = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "mode
         "train.warmup_steps=2", "parallel.zero_stage=3", "log.every=1", "log.tensorboard=false",
         "eval.every=4", "eval.batches=2", "checkpoint.every=2", "checkpoint.keep=2", "checkpoint.keep_every=4"]
 COMPARED = ("loss", "grad_norm", "lr", "val_loss")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pretrain_args(run_dir: Path, shards: Path, steps: int, tp: int = 1, *extra: str) -> list[str]:
@@ -69,8 +62,10 @@ class Launch:
 
     def __init__(self, args: list[str], ranks: int, run_dir: Path, log: Path, env: dict[str, str] | None = None):
         self.run_dir, self.log_path = Path(run_dir), Path(log)
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "bigtrain/pretrain.py", *args]
+        # --standalone: torchrun binds its store to a port the OS picks, so concurrent jobs on one machine
+        # cannot race for a port chosen in advance
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               "bigtrain/pretrain.py", *args]
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                     "OMP_NUM_THREADS": "1", **(env or {})}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
