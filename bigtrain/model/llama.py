@@ -28,6 +28,7 @@ from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLine
 from torch import nn
 
 from bigtrain.config.schema import ModelConfig
+from bigtrain.model.attention import causal_attention
 from bigtrain.model.rope import apply_rope, rope_cache
 
 PAD_LOGIT = -1.0e30  # exp() underflows to exactly 0 in fp32 and bf16
@@ -65,6 +66,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.q_per_group = cfg.num_heads // cfg.num_kv_heads
         self.local_groups = cfg.num_kv_heads // tp_size
+        self.backend = cfg.attention_backend  # which kernel computes softmax(QK^T)V: attention.py
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         qkv_size = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
         self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_size, config=tp, bias=False, gather_output=False,
@@ -80,7 +82,7 @@ class Attention(nn.Module):
         k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.q_per_group > 1)
+        y = causal_attention(q, k, v, self.backend)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
         out, _ = self.proj(y)
         return out

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
-from bigtrain.config.schema import Config
+from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
 from bigtrain.config.validate import validate
 from bigtrain.data.loader import ShardReader, StreamSpec, train_loader
 from bigtrain.data.manifest import Manifest
@@ -62,8 +62,10 @@ def check_resumable(cfg: Config, world_size: int) -> None:
     if folder is None:
         return
     meta = read_meta(folder)
-    if meta["model"] != to_dict(cfg)["model"]:
-        diff = {k: (v, meta["model"].get(k)) for k, v in to_dict(cfg)["model"].items() if meta["model"].get(k) != v}
+    model = {k: v for k, v in to_dict(cfg)["model"].items() if k not in MODEL_EXECUTION_KEYS}
+    saved_model = {k: v for k, v in meta["model"].items() if k not in MODEL_EXECUTION_KEYS}
+    if saved_model != model:
+        diff = {k: (v, saved_model.get(k)) for k, v in model.items() if saved_model.get(k) != v}
         raise ConfigError(f"run.dir {cfg.run.dir} holds a checkpoint of a different model "
                           f"(key: this config vs checkpoint): {diff}; use a new run.dir")
     tp, dp = cfg.parallel.tensor_parallel, world_size // cfg.parallel.tensor_parallel
