@@ -45,8 +45,13 @@ def cmd_data_corpus(args: argparse.Namespace) -> None:
 def cmd_convert_to_hf(args: argparse.Namespace) -> None:
     from bigtrain.convert.to_hf import to_hf
 
-    out = to_hf(args.src, Path(args.out), dtype=args.dtype)
-    print(f"Hugging Face model written to {out}")
+    def report(diff: float) -> None:
+        print(f"parity check passed: transformers' LlamaForCausalLM matches bigtrain's logits "
+              f"(max |diff| {diff:.2e} <= {args.tolerance:g})")
+
+    out = to_hf(args.src, Path(args.out), dtype=args.dtype, check=not args.no_check, tolerance=args.tolerance,
+                report=report)
+    print(f"Hugging Face model written to {out}" + (" (parity check skipped: --no-check)" if args.no_check else ""))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -126,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the parity check (by default transformers' model must reproduce bigtrain's logits on a "
+                        "fixed probe; it loads one model at a time: 4 bytes/parameter)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| the check accepts (default 1e-4)")
     p.set_defaults(func=cmd_convert_to_hf)
 
     p = sub.add_parser("eval", help="loss of a checkpoint on a text file (one document, BOS, windows of --seq-len)")

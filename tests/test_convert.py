@@ -259,7 +259,7 @@ def test_evaluate_matches_hf_loss(runs, name, tmp_path, offline):
 def test_sharded_export_loads(runs, tmp_path, offline, monkeypatch):
     import bigtrain.convert.to_hf as to_hf_module
 
-    monkeypatch.setattr(to_hf_module, "MAX_SHARD_SIZE", "100KB")
+    monkeypatch.setattr(to_hf_module, "MAX_SHARD_BYTES", 100_000)
     out = export(runs["z2_untied"], tmp_path / "hf")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
