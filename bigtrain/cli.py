@@ -15,7 +15,7 @@ from pathlib import Path
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from bigtrain.pretrain import main
 
-    sys.exit(main(["--config", args.config, *args.overrides]))
+    sys.exit(main((["--config", args.config] if args.config else []) + args.overrides))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="run pretraining in this process (one rank; use deepspeed/torchrun for more)")
-    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("--config", default=None,
+                   help="recipe name or YAML path (default: <run.dir>/config.yaml if it exists, else debug)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_pretrain)
 

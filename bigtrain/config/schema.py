@@ -79,6 +79,8 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = doc(20, "Save every N steps (0 = only at the end).")
     save_final: bool = doc(True, "Save after the last step.")
+    init_from: str = doc("", "Start a new run from the weights of this run dir or checkpoint (any layout; fresh "
+                             "optimizer, step 0). Ignored once run.dir has a checkpoint of its own.")
 
 
 @dataclass
