@@ -54,6 +54,14 @@ def cmd_convert_to_hf(args: argparse.Namespace) -> None:
     print(f"Hugging Face model written to {out}" + (" (parity check skipped: --no-check)" if args.no_check else ""))
 
 
+def cmd_convert_from_hf(args: argparse.Namespace) -> None:
+    from bigtrain.convert.from_hf import from_hf
+
+    out = from_hf(Path(args.hf_dir), Path(args.out), args.tensor_parallel, seq_len=args.seq_len)
+    print(f"bigtrain run directory written to {out} (weights only, TP={args.tensor_parallel}); continue pretraining "
+          f"with: pretrain.py run.dir={out} data.path=SHARDS (shards made with --tokenizer {out / 'tokenizer'})")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from bigtrain.evaluate import evaluate
 
@@ -138,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "fixed probe; it loads one model at a time: 4 bytes/parameter)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| the check accepts (default 1e-4)")
     p.set_defaults(func=cmd_convert_to_hf)
+
+    p = conv.add_parser("from-hf", help="import a Hugging Face Llama folder as a bigtrain run directory")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT_DIR", help="new run directory (for eval, generate, pretrain.py run.dir=OUT_DIR)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="TP size of the written shards (pretraining "
+                   "reshards to its own TP anyway)")
+    p.add_argument("--seq-len", type=int, default=None, help="model.seq_len of the run (default: max_position_embeddings)")
+    p.set_defaults(func=cmd_convert_from_hf)
 
     p = sub.add_parser("eval", help="loss of a checkpoint on a text file (one document, BOS, windows of --seq-len)")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
