@@ -17,7 +17,8 @@ Metrics are computed before and after training on the eval file by the same plai
 DeepSpeed), written to ``OUT/finetune_results.json`` and printed; the fine-tuned model and tokenizer
 are saved to ``OUT``. ``--deepspeed`` takes an HF-Trainer DeepSpeed config whose "auto" values the
 Trainer fills (default ``ds_configs/hf_zero2.json``); ``--deepspeed none`` trains without it. On a
-machine without CUDA, DeepSpeed runs on its CPU accelerator with a 1-process gloo group.
+machine without CUDA, DeepSpeed runs on its CPU accelerator; started without a launcher, the script
+creates a 1-process gloo group itself (file rendezvous, no port).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -117,14 +117,21 @@ def evaluate(model, examples: list[dict], collator, batch_size: int, causal: boo
     return result
 
 
-def ensure_process_group_env() -> None:
-    """A 1-process launch still needs RANK/WORLD_SIZE/MASTER_* for DeepSpeed (launchers set them)."""
+def single_process_group(workdir: Path) -> None:
+    """Without a launcher, a 1-rank gloo group DeepSpeed and accelerate adopt (they skip their own init).
+
+    It rendezvouses through a file, not a TCP port, so concurrent runs on one machine cannot collide.
+    """
     if "RANK" in os.environ:
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return  # deepspeed/torchrun set RANK, WORLD_SIZE, MASTER_ADDR/PORT: DeepSpeed initialises from them
+    import torch.distributed as dist
+
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "0")
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = workdir / f".pg_store_{os.getpid()}"
+    store.unlink(missing_ok=True)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
 
 
 def load_model(task: str, hf_dir: str, num_labels: int, tokenizer):
@@ -140,10 +147,10 @@ def load_model(task: str, hf_dir: str, num_labels: int, tokenizer):
 def finetune(args: argparse.Namespace) -> dict:
     deepspeed_config = None if args.deepspeed == "none" else str(Path(args.deepspeed).resolve())
     if deepspeed_config:
-        ensure_process_group_env()
         from bigtrain.parallel.dsenv import import_deepspeed
 
         import_deepspeed()  # CPU accelerator when there is no CUDA; no JIT-built shm op
+        single_process_group(Path(args.out))
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
 
