@@ -11,6 +11,7 @@ Both run as real subprocesses of the script, through DeepSpeed's engine (checked
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -46,6 +47,19 @@ def classification_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_process_env():
+    """The export's parity check creates a 1-rank process group here and sets RANK/MASTER_PORT...: undo."""
+    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    from bigtrain.parallel.world import destroy_world
+
+    destroy_world()
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> Path:
     from bigtrain.convert.to_hf import to_hf
@@ -59,7 +73,9 @@ def finetune(task: str, hf_dir: Path, out: Path, train: Path, held_out: Path | N
            "--lr", str(lr), "--epochs", str(epochs), "--batch-size", "8"]
     if held_out:
         cmd += ["--eval", str(held_out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # a plain 1-process start
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     results = out / "finetune_results.json"
     assert results.exists(), f"{proc.stdout[-2000:]}\n{proc.stderr[-5000:]}"
     return json.loads(results.read_text()), proc
