@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sample(cmd: list[str], env: dict) -> dict:
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def sample(cmd: list[str], env: dict, cwd: str) -> dict:
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"RssAnon": 0, "VmRSS": 0, "RssFile": 0}
     start = time.time()
     while proc.poll() is None:
@@ -68,14 +68,15 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     run = make_checkpoint(args.workdir, args)
     env = {**os.environ, "PYTHONPATH": args.pythonpath, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    baseline = sample([sys.executable, "-c", "import bigtrain.convert.to_hf, transformers, deepspeed"], env)
+    cwd = args.pythonpath  # `python -m` puts the working directory first on sys.path
+    baseline = sample([sys.executable, "-c", "import bigtrain.convert.to_hf, transformers, deepspeed"], env, cwd)
     out = args.workdir / f"hf_{int(time.time())}"
     cmd = [sys.executable, "-m", "bigtrain.cli", "convert", "to-hf", str(run), str(out)]
-    supports_check = "--no-check" in subprocess.run([*cmd[:4], "--help"], env=env, cwd=REPO, capture_output=True,
+    supports_check = "--no-check" in subprocess.run([*cmd[:5], "--help"], env=env, cwd=cwd, capture_output=True,
                                                     text=True).stdout
     if supports_check and not args.check:
         cmd.append("--no-check")
-    export = sample(cmd, env)
+    export = sample(cmd, env, cwd)
     params = sum(os.path.getsize(p) for p in out.glob("*.safetensors")) / 4
     print(json.dumps({"bigtrain": args.pythonpath, "params_M": round(params / 1e6, 1),
                       "fp32_model_MiB": round(params * 4 / 2**20), "import_baseline_MiB": baseline,
