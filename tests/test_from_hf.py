@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,20 +158,29 @@ def first_batch_loss(hf_dir: Path, shards: Path, global_batch: int, seed: int) -
 
 @pytest.mark.slow
 def test_pretraining_continues_from_the_hf_weights(hf_dirs, imported, shards, tmp_path):
+    """`pretrain.py run.dir=OUT` (its config.yaml, resharded TP2 -> TP1 x DP2), and a new run with
+    `checkpoint.init_from=OUT` (TP2 x DP1), both start from the HF weights: first loss = HF's loss."""
     run = tmp_path / "run"
     shutil.copytree(imported["sharded"], run)
-    proc = run_ranks("bigtrain/pretrain.py", 2, [f"run.dir={run}", f"data.path={shards}", "train.steps=2",
-                                                 "parallel.tensor_parallel=1", "log.tensorboard=false"],
-                     timeout=300, check=False)
-    metrics = run / "metrics.jsonl"
-    assert metrics.exists(), f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    assert "initialising" in proc.stdout or "resharding" in proc.stdout
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    jobs = {run: [f"run.dir={run}", "parallel.tensor_parallel=1"],
+            tmp_path / "branch": ["--config", str(run / "config.yaml"), f"run.dir={tmp_path / 'branch'}",
+                                  f"checkpoint.init_from={imported['sharded']}", "parallel.tensor_parallel=2"]}
+    common = [f"data.path={shards}", "train.steps=2", "log.tensorboard=false"]
+    with ThreadPoolExecutor(2) as pool:
+        procs = dict(zip(jobs, pool.map(lambda a: run_ranks("bigtrain/pretrain.py", 2, [*a, *common], timeout=300,
+                                                                check=False), jobs.values())))
     expected = first_batch_loss(hf_dirs["sharded"], shards, global_batch=8, seed=1234)
-    assert abs(rows[0]["loss"] - expected) <= 1e-5, (rows[0]["loss"], expected)
-    meta = json.loads((run / "checkpoints" / "step_00000002" / "meta.json").read_text())
-    assert (meta["tensor_parallel"], meta["data_parallel"], meta["step"]) == (1, 2, 2)
+    for run_dir, proc in procs.items():
+        metrics = run_dir / "metrics.jsonl"
+        assert metrics.exists(), f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        assert "initialising" in proc.stdout or "resharding" in proc.stdout
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        assert abs(rows[0]["loss"] - expected) <= 1e-5, (run_dir.name, rows[0]["loss"], expected)
+        meta = json.loads((run_dir / "checkpoints" / "step_00000002" / "meta.json").read_text())
+        assert (meta["tensor_parallel"], meta["data_parallel"], meta["step"]) == \
+            ((1, 2, 2) if run_dir == run else (2, 1, 2))
+    assert "initialising the weights from" in procs[tmp_path / "branch"].stdout
 
 
 def test_shards_of_another_tokenizer_are_refused(imported, shards, tmp_path):

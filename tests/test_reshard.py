@@ -60,7 +60,10 @@ def resume_at(uninterrupted: Path, run: Path, shards: Path, ranks: int, *layout:
 
 @pytest.mark.slow
 def test_resume_at_another_layout_continues_the_run(uninterrupted, shards, tmp_path):
-    layouts = {"tp1dp2": (2, "parallel.tensor_parallel=1", "parallel.zero_stage=3"),
+    # tp1dp2 also keeps every parameter unpartitioned (persistence threshold above all sizes): the
+    # resharded weights must reach ZeRO-3's persistent full copies too, as on GPU (threshold 1e5)
+    layouts = {"tp1dp2": (2, "parallel.tensor_parallel=1", "parallel.zero_stage=3",
+                          "parallel.param_persistence_threshold=100000"),
                "tp2dp1_zero1": (2, "parallel.tensor_parallel=2", "parallel.zero_stage=1")}
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(layouts, pool.map(lambda kv: resume_at(uninterrupted, tmp_path / kv[0], shards, *kv[1]),
