@@ -20,14 +20,21 @@ class StepResult:
     step_time: float  # wall seconds of the whole step
 
 
+def fetch(batches, accum: int) -> list[torch.Tensor]:
+    """All micro-batches of a step, read before any compute. bigtrain's TrainLoader (``next_step``)
+    also makes the ranks agree on data errors here, so none enters a collective another has left."""
+    if hasattr(batches, "next_step"):
+        return batches.next_step()
+    return [next(batches) for _ in range(accum)]
+
+
 def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device) -> StepResult:
     start = time.perf_counter()
-    data_wait = 0.0
+    micro_batches = fetch(batches, accum)
+    data_wait = time.perf_counter() - start
     total = torch.zeros((), device=device)
-    for _ in range(accum):
-        t0 = time.perf_counter()
-        tokens = next(batches).to(device, non_blocking=True)  # (M, T+1)
-        data_wait += time.perf_counter() - t0
+    for tokens in micro_batches:
+        tokens = tokens.to(device, non_blocking=True).long()  # (M, T+1); shards hold uint16/uint32
         losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T) fp32
         loss = losses.mean()
         engine.backward(loss)
