@@ -34,7 +34,7 @@ import sentencepiece as spm
 
 import bigtrain
 from bigtrain.data import tarlayout
-from bigtrain.data.documents import as_paths, document_chunks, no_documents
+from bigtrain.data.documents import CHUNK_BYTES, as_paths, document_chunks, no_documents
 from bigtrain.data.errors import DataError
 from bigtrain.data.integrity import verify_directory
 from bigtrain.data.manifest import (FORMAT, MANIFEST_FILE, Manifest, ShardInfo, SplitInfo, TokenizerRef,
@@ -228,8 +228,8 @@ def input_stats(inputs: list[Path]) -> list[list[int]]:
 
 
 def pack_splits(tok: Tokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
-                val_fraction: float, workers: int) -> dict[str, SplitInfo]:
-    encoded = tokenized_chunks(document_chunks(inputs), tok, text_key, workers)
+                val_fraction: float, workers: int, chunk_bytes: int) -> dict[str, SplitInfo]:
+    encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes), tok, text_key, workers)
     docs = (ids for chunk in encoded for ids in chunk.documents())
     for split, ids in assign_splits(docs, seed, val_fraction):
         packers[split].add(ids)
@@ -282,11 +282,13 @@ def commit(tmp: Path, out_dir: Path, manifest: Manifest) -> None:
 
 def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: int, out_dir: str | Path, *,
                  text_key: str = "text", val_fraction: float = 0.01, samples_per_shard: int | None = None,
-                 samples_per_block: int | None = None, seed: int = 0, workers: int | None = None) -> Manifest:
+                 samples_per_block: int | None = None, seed: int = 0, workers: int | None = None,
+                 chunk_bytes: int = CHUNK_BYTES) -> Manifest:
     """Tokenize ``inputs`` and write train/val shards + manifest.json into ``out_dir`` (module doc).
 
-    ``workers``: tokenizer processes (default: all cores; 1 = in this process). The output does not
-    depend on it. Returns the manifest (of the existing dataset, if it was already up to date).
+    ``workers``: tokenizer processes (default: all cores; 1 = in this process); ``chunk_bytes``: raw
+    input per tokenizer task. Neither changes the output. Returns the manifest (of the existing
+    dataset, if it was already up to date).
     """
     check_args(seq_len, val_fraction, samples_per_shard, samples_per_block)
     tok = Tokenizer.load(tokenizer_dir)
@@ -309,7 +311,7 @@ def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: i
     tmp.mkdir()
     try:
         packers = {name: SplitPacker(ShardSink(tmp, name, layout), tok.bos_id, tok.eos_id) for name in ("train", "val")}
-        splits = pack_splits(tok, inputs, text_key, packers, seed, val_fraction, workers)
+        splits = pack_splits(tok, inputs, text_key, packers, seed, val_fraction, workers, chunk_bytes)
         if splits["train"].num_samples == 0:
             raise DataError(no_samples_message(splits, inputs, seq_len))
         manifest = Manifest(**job, sample_tokens=seq_len + 1, dtype=token_dtype(tok.vocab_size),
