@@ -44,7 +44,7 @@ from bigtrain.data.tokenizer import Tokenizer
 
 SHARD_BYTES = 256 << 20  # default shard size
 BLOCK_BYTES = 1 << 20  # default tar member size: one header per MiB of samples
-FLUSH_TOKENS = 1 << 20  # tokens buffered per split before samples are cut
+FLUSH_TOKENS = 1 << 18  # tokens buffered per split before samples are cut
 SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar(\.tmp\d*)?$")
 TMP_PREFIX = ".tmp-shards-"
 
