@@ -5,12 +5,13 @@ replay. The stream's state is one number, the global position (samples consumed)
 :meth:`TrainLoader.state_dict` returns it as JSON for the checkpoint's meta.json, and a loader built
 with that state continues the exact sequence, for any number of ranks or DataLoader workers.
 
-DataLoader workers: worker w of W produces micro-batches w, w+W, w+2W, ... of this rank's stream;
-the DataLoader's round-robin over workers then yields them in exactly the order a single process
-would. A restarted loader starts again at worker 0 with the resumed position, so no per-worker state
-is needed. Batches are produced in chunks of ``CHUNK`` micro-batches per worker, so the order and
-shard lookups are vectorised; tokens stay in the shards' dtype (uint16/uint32) and are widened on
-the device.
+Micro-batches are produced in chunks (about ``CHUNK_BYTES`` of tokens), so the order and shard
+lookups are vectorised and a DataLoader worker sends one message per chunk, not per micro-batch.
+Worker w of W produces chunks w, w+W, w+2W, ... of this rank's stream; the DataLoader's round-robin
+over workers then yields them in exactly the order a single process would. A restarted loader starts
+again at worker 0 with the resumed position, so no per-worker state is needed. With 0 workers the
+stream is read directly (a DataLoader would only add per-batch overhead). Tokens stay in the shards'
+dtype (uint16/uint32) and are widened on the device.
 
 Corrupt shards (``on_corrupt``): ``stop`` marks the batch with the error; ``skip`` replaces each sample
 of a corrupt shard by a pseudo-random good sample of the same source chosen from its stream position
@@ -22,6 +23,7 @@ hit a bad shard never leaves the others waiting in a collective.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,7 +38,7 @@ from bigtrain.data.order import GlobalOrder, mix64
 from bigtrain.data.reader import ShardReader
 from bigtrain.data.sources import Source, source_seed
 
-CHUNK = 64  # micro-batches computed at once by a worker
+CHUNK_BYTES = 4 << 20  # tokens read per chunk (64 to 4096 samples)
 SUBSTITUTE_TRIES = 64
 STATE_FORMAT = "bigtrain-data-stream/1"
 ON_CORRUPT = ("stop", "skip")
@@ -83,6 +85,8 @@ class TrainStream(IterableDataset):
         self.mixture = Mixture([s.weight for s in sources], spec.mix_block_size, spec.seed)
         self.dtype = self.readers[0].dtype
         self.sample_tokens = self.readers[0].sample_tokens
+        samples = min(4096, max(64, CHUNK_BYTES // (self.sample_tokens * self.dtype.itemsize)))
+        self.chunk = max(1, samples // spec.micro_batch)  # micro-batches per chunk
 
     def positions(self, micro_batches: np.ndarray) -> np.ndarray:
         """(len, micro_batch) global positions of this rank's micro-batches number ``micro_batches``."""
@@ -145,26 +149,30 @@ class TrainStream(IterableDataset):
         raise DataError(f"no readable sample found in {SUBSTITUTE_TRIES} tries for position {own} of source "
                         f"{reader.manifest.root}: most of its shards are corrupt ({len(reader.errors)} found)")
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[list[Batch]]:
+        """Chunks of consecutive micro-batches: chunk j holds micro-batches [j * chunk, (j + 1) * chunk)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        k = 0
-        while True:
-            mine = worker + workers * np.arange(k, k + CHUNK)
-            yield from self.read(self.positions(mine))
-            k += CHUNK
+        for j in itertools.count(worker, workers):
+            yield self.read(self.positions(np.arange(j * self.chunk, (j + 1) * self.chunk)))
 
 
-def agree(batches: list[Batch], dp_size: int, device: torch.device) -> tuple[int, list[str], list[str]]:
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def agree(batches: list[Batch], dp_size: int, device: torch.device,
+          collective: bool | None = None) -> tuple[int, list[str], list[str]]:
     """(skipped samples, corrupt shards, errors) summed over all ranks: the same answer on every rank.
 
     One all-reduce per step; the names are gathered only when some rank met a corrupt shard. Ranks of
     one data-parallel group (tensor-parallel peers) read the same samples: counts are divided by them.
     """
-    skipped = sum(b.skipped for b in batches)
-    corrupt = sorted({p for b in batches for p in b.corrupt})
-    errors = sorted({e for b in batches for e in b.errors})
-    if not (dist.is_available() and dist.is_initialized()):
+    clean = not any(b.skipped or b.corrupt or b.errors for b in batches)
+    skipped = 0 if clean else sum(b.skipped for b in batches)
+    corrupt = [] if clean else sorted({p for b in batches for p in b.corrupt})
+    errors = [] if clean else sorted({e for b in batches for e in b.errors})
+    if not (distributed() if collective is None else collective):
         return skipped, corrupt, errors
     counts = torch.tensor([skipped, len(corrupt) + len(errors)], dtype=torch.float64, device=device)
     dist.all_reduce(counts)
@@ -195,17 +203,27 @@ class TrainLoader:
         self.position = spec.start_sample  # global samples consumed by the steps handed out
         self.skipped_samples = 0
         self.corrupt_shards: list[str] = []
-        self._batches: Iterator[Batch] | None = None
+        self._chunks: Iterator[list[Batch]] | None = None
+        self._pending: list[Batch] = []  # the current chunk's micro-batches not handed out yet, reversed
+        self._collective = False
         if state is not None:
             self.load_state_dict(state)
 
-    def _start(self) -> Iterator[Batch]:
+    def _start(self) -> Iterator[list[Batch]]:
         spec = dataclasses.replace(self.spec, start_sample=self.position)
         stream = TrainStream(self.sources, spec, self.on_corrupt, self.verify_checksums)
-        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            prefetch_factor=4 if self.num_workers else None,
-                            persistent_workers=False)
-        return iter(loader)
+        self._collective = distributed()
+        if self.num_workers:
+            return iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                   pin_memory=self.pin_memory, prefetch_factor=2))
+        if self.pin_memory:
+            return ([batch.pin_memory() for batch in chunk] for chunk in stream)
+        return iter(stream)
+
+    def _next_batch(self) -> Batch:
+        if not self._pending:
+            self._pending = next(self._chunks)[::-1]
+        return self._pending.pop()
 
     def next_step(self) -> list[torch.Tensor]:
         """The ``accum`` micro-batches (tokens) of the next step, agreed clean by every rank.
@@ -213,15 +231,16 @@ class TrainLoader:
         Raises :class:`DataStop` (on every rank at once) when a rank met a corrupt shard under
         ``on_corrupt=stop``; the position then stays at the last completed step.
         """
-        if self._batches is None:
-            self._batches = self._start()
-        batches = [next(self._batches) for _ in range(self.spec.accum)]
-        skipped, corrupt, errors = agree(batches, self.spec.dp_size, self.device)
+        if self._chunks is None:
+            self._chunks = self._start()
+        batches = [self._next_batch() for _ in range(self.spec.accum)]
+        skipped, corrupt, errors = agree(batches, self.spec.dp_size, self.device, self._collective)
         if errors:
             raise DataStop(f"corrupt training data at sample {self.position} of the stream (data.on_corrupt=stop; "
                            f"fix or re-shard it, or resume with data.on_corrupt=skip): " + "; ".join(errors))
         self.skipped_samples += skipped
-        self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))
+        if corrupt:
+            self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))
         self.position += self.spec.global_batch
         return [b.tokens for b in batches]
 
@@ -248,7 +267,7 @@ class TrainLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if self._batches is not None:
+        if self._chunks is not None:
             raise RuntimeError("load_state_dict must come before the first next_step")
         problems = state_problems(state, self.sources, self.spec.seed, self.spec.mix_block_size)
         if problems:

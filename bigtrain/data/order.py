@@ -3,8 +3,10 @@
 The training stream of a split with N samples is the infinite sequence of positions 0, 1, 2, ...
 Position p belongs to epoch ``p // N`` and names sample ``perm_e(p % N)``, where ``perm_e`` is a
 pseudo-random permutation of [0, N) keyed by (seed, epoch): a 4-round Feistel network over the
-smallest even-bit power-of-two domain >= N, with cycle-walking back into [0, N). It needs no index
-file and no memory, any position is computed in O(1), and every epoch is a fresh shuffle.
+smallest power-of-two domain >= N (b bits, split into halves of floor(b/2) and ceil(b/2) bits), with
+cycle-walking back into [0, N) (fewer than half the domain's values lie outside, so a value walks
+about once on average). It needs no index file and no memory, any position is computed in O(1), and
+every epoch is a fresh shuffle.
 
 Optimizer step s consumes positions [s*G, (s+1)*G) of the stream (G = global batch); data-parallel
 rank r takes the contiguous slice [s*G + r*G/D, s*G + (r+1)*G/D). So the set and order of samples
@@ -36,16 +38,19 @@ class Permutation:
             raise ValueError(f"cannot permute an empty range (n={n})")
         self.n = n
         bits = max(2, (n - 1).bit_length())
-        self.half_bits = np.uint64((bits + 1) // 2)
-        self.half_mask = np.uint64((1 << int(self.half_bits)) - 1)
+        self.lo_bits = np.uint64(bits // 2)  # x = hi (ceil(b/2) bits) | lo (floor(b/2) bits)
+        self.hi_bits = np.uint64(bits - bits // 2)
+        self.lo_mask = np.uint64((1 << int(self.lo_bits)) - 1)
+        self.hi_mask = np.uint64((1 << int(self.hi_bits)) - 1)
         base = mix64(np.array([key], dtype=np.uint64))[0]
         self.round_keys = [mix64(np.array([base + np.uint64(i + 1)], dtype=np.uint64))[0] for i in range(ROUNDS)]
 
     def _feistel(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self.half_bits, x & self.half_mask
+        """Rounds of (hi, lo) -> (lo, hi ^ F_k(lo)), re-split after each: a bijection of b-bit values."""
         for k in self.round_keys:
-            left, right = right, left ^ (mix64(right ^ k) & self.half_mask)
-        return (left << self.half_bits) | right
+            hi, lo = x >> self.lo_bits, x & self.lo_mask
+            x = (lo << self.hi_bits) | (hi ^ (mix64(lo ^ k) & self.hi_mask))
+        return x
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
