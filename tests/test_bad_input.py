@@ -16,7 +16,6 @@ import pytest
 from bigtrain.config.load import ConfigError
 from bigtrain.data.errors import DataError, DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, TrainStream
-from bigtrain.data.manifest import Manifest
 from bigtrain.data.shards import write_shards
 from bigtrain.data.sources import load_sources
 from bigtrain.data.tokenizer import train_tokenizer

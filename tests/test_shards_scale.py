@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from bigtrain.data.tokenizer import train_tokenizer
 

@@ -22,15 +22,16 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from bigtrain.data.errors import DataStop
-from bigtrain.data.loader import agree, Batch
+from bigtrain.data.loader import agree
 from bigtrain.data.reader import ShardReader
 from bigtrain.data.sources import Source
+from bigtrain.data.stream import Note
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
 
 def read_val_set(reader: ShardReader, num_samples: int, micro_batch: int, dp_rank: int,
-                 dp_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor], Batch]:
+                 dp_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor], Note]:
     """This rank's micro-batches of the set, their sample weights, and a report of corrupt samples."""
     mine = np.arange(dp_rank, num_samples, dp_size)
     steps = math.ceil(math.ceil(num_samples / dp_size) / micro_batch)
@@ -40,8 +41,8 @@ def read_val_set(reader: ShardReader, num_samples: int, micro_batch: int, dp_ran
         weight = torch.zeros(micro_batch)
         weight[:len(idx)] = 1.0
         idx = np.concatenate([idx, np.zeros(micro_batch - len(idx), dtype=idx.dtype)])  # pad with sample 0
-        out = np.zeros((micro_batch, reader.sample_tokens), reader.dtype)
-        for row in reader.gather_into(idx, out):
+        out, bad = reader.gather(idx)
+        for row in bad:
             skipped += int(weight[row].item())
             weight[row] = 0.0
             path, message = reader.shard_error(int(idx[row]))
@@ -49,7 +50,7 @@ def read_val_set(reader: ShardReader, num_samples: int, micro_batch: int, dp_ran
             errors.add(message)
         tokens.append(torch.from_numpy(out))
         weights.append(weight)
-    report = Batch(torch.empty(0), skipped=skipped, corrupt=tuple(sorted(corrupt)), errors=tuple(sorted(errors)))
+    report = Note(skipped=skipped, corrupt=tuple(sorted(corrupt)), errors=tuple(sorted(errors)))
     return tokens, weights, report
 
 
