@@ -108,16 +108,19 @@ class TrainLoader:
         if self._chunks is None:
             self._chunks = self._start()
         batches = [self._next_batch() for _ in range(self.spec.accum)]
-        skipped, corrupt, errors = agree([note for _, note in batches], self.spec.dp_size, self.device,
-                                         self._collective)
+        notes = [note for _, note in batches if note is not None]
+        if notes or self._collective:  # one process with clean data has nothing to agree on
+            self._account(*agree(notes, self.spec.dp_size, self.device, self._collective))
+        self.position += self.spec.global_batch
+        return [tokens for tokens, _ in batches]
+
+    def _account(self, skipped: int, corrupt: list[str], errors: list[str]) -> None:
         if errors:
             raise DataStop(f"corrupt training data at sample {self.position} of the stream (data.on_corrupt=stop; "
                            f"fix or re-shard it, or resume with data.on_corrupt=skip): " + "; ".join(errors))
         self.skipped_samples += skipped
         if corrupt:
             self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))
-        self.position += self.spec.global_batch
-        return [tokens for tokens, _ in batches]
 
     def source_samples(self) -> np.ndarray:
         """Samples consumed from each source so far (a function of the position: mixing.py)."""
