@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> None:
               "stream_vs_memmap": results["stream"] / results["memmap"], "shard_open": opening,
               "gpu": {"model": args.model, "matmul_params": params, "flops_per_token": flops, "mfu": args.mfu,
                       "peak_tflops": args.peak_tflops, "tokens_per_s": gpu,
-                      "loader_cores_per_gpu": gpu / results["loader"]},
+                      "gpus_per_loader_core": results["loader"] / gpu},
               "versions": versions(), "machine": f"{platform.machine()}, {platform.processor() or '?'}"}
     for name, value in results.items():
         print(f"{name:<12} {value / 1e6:10.1f} M tokens/s  ({value / results['memmap']:.0%} of memmap)")
     print(f"one GPU ({args.model}, {args.mfu:.0%} MFU of {args.peak_tflops:.0f} TFLOP/s, {flops / 1e9:.2f} GFLOP/token):"
-          f" {gpu / 1e3:.1f} k tokens/s = {gpu / results['loader']:.2%} of one loader core")
+          f" {gpu / 1e3:.1f} k tokens/s; one loader core reads for {results['loader'] / gpu:,.0f} such GPUs")
     print(f"opening a {opening['shard_mb']:.0f} MB shard: layout check {opening['layout_check_ms']:.1f} ms, "
           f"sha256 {opening['sha256_ms']:.0f} ms ({opening['sha256_gb_per_s']:.2f} GB/s)")
     if args.json:

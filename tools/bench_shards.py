@@ -4,8 +4,9 @@
 
 The corpus is the embedded one (Python's docstrings, real English + code), repeated with a counter
 prefix to the requested size, as JSONL; the tokenizer is a 4096-token BPE trained on it once. Each
-run is ``write_shards`` at seq_len 2048 in a fresh subprocess: wall time, tokens/s and peak RSS of
-the writer process and of its tokenizer workers (ru_maxrss).
+run is ``write_shards`` at seq_len 2048 in a fresh subprocess: wall time, tokens/s, CPU seconds
+(writer + workers: tokens per CPU-second is what a shared, loaded box still measures faithfully) and
+peak RSS of the writer process and of its tokenizer workers.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ sys.path.insert(0, str(REPO))
 from bigtrain.data.corpus import embedded_documents  # noqa: E402
 from bigtrain.data.tokenizer import train_tokenizer  # noqa: E402
 
+# Peak RSS: VmHWM of the writer (ru_maxrss would carry this parent's RSS across fork + exec) and
+# ru_maxrss of its forked workers. CPU seconds: the writer plus its workers.
 RUN = """
-import json, resource, sys, time
+import json, re, resource, sys, time
+from pathlib import Path
 from bigtrain.data.shards import write_shards
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 m = write_shards(sys.argv[1], [sys.argv[2]], 2048, sys.argv[3], workers=int(sys.argv[4]))
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+children = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"seconds": time.perf_counter() - start, "tokens": sum(s.num_tokens for s in m.splits.values()),
-                  "writer_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "cpu_seconds": time.process_time() - cpu + children.ru_utime + children.ru_stime,
+                  "writer_rss_mb": hwm / 1024, "worker_rss_mb": children.ru_maxrss / 1024}))
 """
 
 
@@ -54,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
         tok = train_tokenizer([write_corpus(tmp / "tok.jsonl", 2, docs)], 4096, tmp / "tok")
-        print(f"{'MB':>5} {'workers':>7} {'seconds':>8} {'M tokens/s':>10} {'MB/s':>6} {'writer RSS MB':>13} {'worker RSS MB':>13}")
+        print(f"{'MB':>5} {'workers':>7} {'wall s':>7} {'M tokens/s':>10} {'MB/s':>6} {'CPU s':>6} "
+              f"{'M tok/CPU-s':>11} {'writer RSS MB':>13} {'worker RSS MB':>13}")
         for mb in args.mb:
             corpus = write_corpus(tmp / f"corpus-{mb}.jsonl", mb, docs)
             for workers in args.workers:
@@ -62,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                                        str(workers)], capture_output=True, text=True, check=True,
                                       env={**os.environ, "PYTHONPATH": str(REPO)})
                 r = json.loads(proc.stdout)
-                print(f"{mb:>5} {workers:>7} {r['seconds']:>8.1f} {r['tokens'] / r['seconds'] / 1e6:>10.2f} "
-                      f"{corpus.stat().st_size / 1e6 / r['seconds']:>6.1f} {r['writer_rss_mb']:>13.0f} "
+                print(f"{mb:>5} {workers:>7} {r['seconds']:>7.1f} {r['tokens'] / r['seconds'] / 1e6:>10.2f} "
+                      f"{corpus.stat().st_size / 1e6 / r['seconds']:>6.1f} {r['cpu_seconds']:>6.1f} "
+                      f"{r['tokens'] / r['cpu_seconds'] / 1e6:>11.2f} {r['writer_rss_mb']:>13.0f} "
                       f"{r['worker_rss_mb']:>13.0f}", flush=True)
 
 

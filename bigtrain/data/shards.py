@@ -140,9 +140,11 @@ class ShardSink:
     def flush_block(self) -> None:
         if self.file is None:
             self.file = HashingFile(open(self.out_dir / self.name, "wb"))
-        data = b"".join(np.ascontiguousarray(part, dtype=self.layout.dtype).tobytes() for part in self.block)
-        self.file.write(tarlayout.member_header(self.num_samples, len(data)))
-        self.file.write(data + bytes(tarlayout.padded(len(data)) - len(data)))
+        size = self.block_count * self.layout.sample_bytes
+        self.file.write(tarlayout.member_header(self.num_samples, size))
+        for part in self.block:  # (k, seq_len + 1) windows of the packer's stream
+            self.file.write(np.ascontiguousarray(part, dtype=self.layout.dtype).tobytes())
+        self.file.write(bytes(tarlayout.padded(size) - size))
         self.num_samples += self.block_count
         self.in_shard += self.block_count
         self.block, self.block_count = [], 0
