@@ -5,6 +5,10 @@ A ``.jsonl``/``.json`` file (optionally ``.gz``) holds one document per line, a 
 recognised by its magic bytes, not the suffix. Empty documents and blank JSONL lines are skipped: they
 would only add a ``[bos, eos]`` pair. Every error is a :class:`DataError` naming the file and, for
 JSONL, the line number.
+
+Reading is split in two so that parsing can run in worker processes: :func:`document_chunks` reads
+the files (and gunzips) as a stream of raw :class:`Chunk` s in input order, :func:`chunk_documents`
+decodes and parses one chunk. :func:`iter_documents` chains them in one process.
 """
 
 from __future__ import annotations
