@@ -194,3 +194,12 @@ def test_skip_policy_is_deterministic_for_any_layout(ids, how):
 def order_samples(source, positions: int) -> np.ndarray:
     _, _, samples = TrainStream([source], StreamSpec(8, 2, 0, 1, 3)).locate(np.arange(positions))
     return samples
+
+
+def test_skip_with_no_readable_sample_left_stops(ids):
+    for shard in range(3):
+        damage(ids.path / f"train-00000{shard}.tar", "header")
+    loader = TrainLoader([ids], StreamSpec(8, 2, 0, 1, 3), on_corrupt="skip")
+    with pytest.raises(DataStop, match=r"no readable sample found in 64 tries for position 0 of source .*ids: "
+                                        r"most of its shards are corrupt \(3 found\)"):
+        loader.next_step()

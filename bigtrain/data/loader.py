@@ -116,8 +116,9 @@ class TrainLoader:
 
     def _account(self, skipped: int, corrupt: list[str], errors: list[str]) -> None:
         if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             raise DataStop(f"corrupt training data at sample {self.position} of the stream (data.on_corrupt=stop; "
-                           f"fix or re-shard it, or resume with data.on_corrupt=skip): " + "; ".join(errors))
+                           f"fix or re-shard it, or resume with data.on_corrupt=skip): " + "; ".join(errors[:3]) + more)
         self.skipped_samples += skipped
         if corrupt:
             self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))

@@ -138,7 +138,10 @@ class TrainStream(IterableDataset):
         path, message = reader.shard_error(sample)
         if self.on_corrupt == "stop":
             return path, message
-        out[row] = reader.read(self.substitute(s, own))
+        try:
+            out[row] = reader.read(self.substitute(s, own))
+        except DataError as exc:  # reported like a stop, so every rank ends together
+            return path, str(exc)
         return path, None
 
     def substitute(self, s: int, own: int) -> int:
