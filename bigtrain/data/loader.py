@@ -117,8 +117,9 @@ class TrainLoader:
     def _account(self, skipped: int, corrupt: list[str], errors: list[str]) -> None:
         if errors:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise DataStop(f"corrupt training data at sample {self.position} of the stream (data.on_corrupt=stop; "
-                           f"fix or re-shard it, or resume with data.on_corrupt=skip): " + "; ".join(errors[:3]) + more)
+            raise DataStop(f"corrupt training data at sample {self.position} of the stream: " + "; ".join(errors[:3])
+                           + f"{more}. Fix or re-shard it and restart (data.on_corrupt={self.on_corrupt}; with "
+                           f"skip, samples of corrupt shards are replaced instead)")
         self.skipped_samples += skipped
         if corrupt:
             self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))
