@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader
 
 from bigtrain.data.errors import DataError, DataStop
 from bigtrain.data.mixing import Mixture
+from bigtrain.data.reader import ShardReader
 from bigtrain.data.sources import Source
 from bigtrain.data.stream import Chunk, Note, StreamSpec, TrainStream
 
-__all__ = ["StreamSpec", "TrainLoader", "TrainStream", "agree", "state_problems"]
+__all__ = ["ShardReader", "StreamSpec", "TrainLoader", "TrainStream", "agree", "state_problems"]
 STATE_FORMAT = "bigtrain-data-stream/1"
 
 

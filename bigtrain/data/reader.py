@@ -110,13 +110,17 @@ class ShardReader:
         shard = int(self.locate(np.array([index]))[0][0])
         return str(self.paths[shard]), self.errors[shard]
 
-    def read_many(self, indices: np.ndarray) -> torch.Tensor:
-        """Tokens (len(indices), seq_len + 1) in the shards' dtype; raises on a corrupt shard."""
+    def read_many(self, indices) -> torch.Tensor:
+        """Tokens (len(indices), seq_len + 1) as int64; raises on a corrupt shard."""
         out, bad = self.gather(np.asarray(indices))
         if bad:
             path, message = self.shard_error(int(np.asarray(indices)[bad[0]]))
             raise CorruptShardError(path, message)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out.astype(np.int64))
 
     def read(self, index: int) -> np.ndarray:
-        return self.read_many(np.array([index]))[0].numpy()
+        """Tokens (seq_len + 1,) of one sample in the shards' dtype; raises on a corrupt shard."""
+        out, bad = self.gather(np.array([index]))
+        if bad:
+            raise CorruptShardError(*self.shard_error(index))
+        return out[0]

@@ -8,17 +8,14 @@ with several sources the largest, i.e. the most repeated source), and with sever
 
 from __future__ import annotations
 
-import sys
-
 from bigtrain.data.loader import TrainLoader
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
 
 class DataMetrics(Callback):
-    def __init__(self, loader: TrainLoader, stream=sys.stdout):
+    def __init__(self, loader: TrainLoader):
         self.loader = loader
-        self.stream = stream
         self.epochs: list[int] = []
 
     def on_train_start(self, trainer: Trainer) -> None:
@@ -34,8 +31,8 @@ class DataMetrics(Callback):
                 metrics[f"epoch/{source.name}"] = epoch
         trainer.extra_metrics.update(metrics)
         for source, old, new in zip(loader.sources, self.epochs, epochs):
-            if int(new) > old and trainer.world.is_main:
-                print(f"data: source {source.name!r} finished epoch {int(new) - 1} during step {trainer.state.step} "
-                      f"({source.num_samples} samples); epoch {int(new)} reads them in a new shuffled order",
-                      file=self.stream, flush=True)
+            if int(new) > old:
+                trainer.say(f"data: source {source.name!r} finished epoch {int(new) - 1} during step "
+                            f"{trainer.state.step} ({source.num_samples} samples); epoch {int(new)} reads them "
+                            f"in a new shuffled order")
         self.epochs = [int(e) for e in epochs]

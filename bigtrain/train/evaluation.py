@@ -55,8 +55,8 @@ def read_val_set(reader: ShardReader, num_samples: int, micro_batch: int, dp_ran
 
 
 @torch.no_grad()
-def validation_loss(engine, tokens: list[torch.Tensor], weights: list[torch.Tensor],
-                    device: torch.device) -> tuple[float, int]:
+def validation_loss(engine, tokens: list[torch.Tensor], weights: list[torch.Tensor], device: torch.device,
+                    on_batch=lambda: None) -> tuple[float, int]:
     """(mean token loss, tokens) over a set read by :func:`read_val_set`, all data-parallel ranks together."""
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, token count]
     engine.eval()
@@ -65,6 +65,7 @@ def validation_loss(engine, tokens: list[torch.Tensor], weights: list[torch.Tens
         losses = engine(batch[:, :-1], batch[:, 1:])  # (M, T)
         total[0] += (losses.double().sum(dim=1) * weight).sum()
         total[1] += weight.sum() * losses.shape[1]
+        on_batch()
     engine.train()
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return (total[0] / total[1].clamp(min=1)).item(), int(total[1].item())
@@ -90,7 +91,8 @@ class EvalCallback(Callback):
             if errors and self.on_corrupt == "stop":
                 raise DataStop(f"corrupt validation data of source {name!r} (data.on_corrupt=stop): "
                                + "; ".join(errors))
-            loss, count = validation_loss(trainer.engine, tokens, weights, w.device)
+            loss, count = validation_loss(trainer.engine, tokens, weights, w.device,
+                                          on_batch=lambda: trainer.heartbeat(f"evaluation at step {step}"))
             losses.append((loss, count, weight))
             skipped += bad
             metrics.update({f"val_loss/{name}": loss, f"val_ppl/{name}": math.exp(min(loss, 50.0))})
