@@ -32,12 +32,8 @@ __all__ = ["ShardReader", "StreamSpec", "TrainLoader", "TrainStream", "agree", "
 STATE_FORMAT = "bigtrain-data-stream/1"
 
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def agree(notes: list[Note | None], dp_size: int, device: torch.device,
-          collective: bool | None = None) -> tuple[int, list[str], list[str]]:
+          collective: bool) -> tuple[int, list[str], list[str]]:
     """(skipped samples, corrupt shards, errors) summed over all ranks: the same answer on every rank.
 
     One all-reduce per step; the names are gathered only when some rank met a corrupt shard. Ranks of
@@ -47,7 +43,7 @@ def agree(notes: list[Note | None], dp_size: int, device: torch.device,
     skipped = sum(n.skipped for n in notes)
     corrupt = sorted({p for n in notes for p in n.corrupt})
     errors = sorted({e for n in notes for e in n.errors})
-    if not (distributed() if collective is None else collective):
+    if not collective:
         return skipped, corrupt, errors
     counts = torch.tensor([skipped, len(corrupt) + len(errors)], dtype=torch.float64, device=device)
     dist.all_reduce(counts)
@@ -69,7 +65,7 @@ class TrainLoader:
 
     def __init__(self, sources: list[Source], spec: StreamSpec, *, num_workers: int = 0, pin_memory: bool = False,
                  on_corrupt: str = "stop", verify_checksums: bool = True, device: torch.device | None = None,
-                 state: dict | None = None):
+                 collective: bool = False, state: dict | None = None):
         self.sources, self.spec = sources, spec
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.on_corrupt, self.verify_checksums = on_corrupt, verify_checksums
@@ -80,14 +76,13 @@ class TrainLoader:
         self.corrupt_shards: list[str] = []
         self._chunks: Iterator[Chunk] | None = None
         self._pending: list[tuple[torch.Tensor, Note | None]] = []  # the chunk's rest, reversed
-        self._collective = False
+        self._collective = collective  # agree with the other ranks of the job (torch.distributed) every step
         if state is not None:
             self.load_state_dict(state)
 
     def _start(self) -> Iterator[Chunk]:
         spec = dataclasses.replace(self.spec, start_sample=self.position)
         stream = TrainStream(self.sources, spec, self.on_corrupt, self.verify_checksums)
-        self._collective = distributed()
         if self.num_workers:
             return iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                    pin_memory=self.pin_memory, prefetch_factor=2))

@@ -87,7 +87,7 @@ class EvalCallback(Callback):
         for name, reader, weight in self.sets:
             samples = min(self.batches * t.global_batch_size, reader.num_samples)
             tokens, weights, report = read_val_set(reader, samples, t.micro_batch_size, w.dp_rank, w.dp_size)
-            bad, _, errors = agree([report], w.dp_size, w.device)
+            bad, _, errors = agree([report], w.dp_size, w.device, collective=True)
             if errors and self.on_corrupt == "stop":
                 raise DataStop(f"corrupt validation data of source {name!r} (data.on_corrupt=stop): "
                                + "; ".join(errors))

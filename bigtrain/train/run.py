@@ -159,7 +159,7 @@ def build_loader(cfg: Config, world: World, sources: list[Source], meta: dict | 
                       mix_block_size=cfg.data.mix_block_size)
     return TrainLoader(sources, spec, num_workers=cfg.data.num_workers, pin_memory=world.device.type == "cuda",
                        on_corrupt=cfg.data.on_corrupt, verify_checksums=cfg.data.verify_checksums,
-                       device=world.device, state=saved if saved and "format" in saved else None)
+                       device=world.device, collective=True, state=saved if saved and "format" in saved else None)
 
 
 def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
