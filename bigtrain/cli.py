@@ -15,7 +15,7 @@ from pathlib import Path
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from bigtrain.pretrain import main
 
-    sys.exit(main(["--config", args.config, *args.overrides]))
+    sys.exit(main((["--config", args.config] if args.config else []) + args.overrides))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -30,10 +30,21 @@ def cmd_data_shard(args: argparse.Namespace) -> None:
 
     manifest = write_shards(Path(args.tokenizer), [Path(p) for p in args.input], args.seq_len, Path(args.out),
                             text_key=args.text_key, val_fraction=args.val_fraction,
-                            samples_per_shard=args.samples_per_shard, seed=args.seed)
+                            samples_per_shard=args.samples_per_shard, samples_per_block=args.samples_per_block,
+                            seed=args.seed, workers=args.workers)
     for split, info in manifest.splits.items():
         print(f"{split}: {info.num_samples} samples of {manifest.seq_len + 1} tokens in {len(info.shards)} shard(s)")
-    print(f"shards and manifest.json written to {args.out}")
+    print(f"shards and manifest.json in {args.out}")
+
+
+def cmd_data_verify(args: argparse.Namespace) -> None:
+    from bigtrain.data.integrity import verify_directory
+    from bigtrain.data.manifest import Manifest
+    from bigtrain.data.tokenize_pool import default_workers
+
+    manifest = Manifest.load(Path(args.dir))
+    count = verify_directory(manifest, args.workers or default_workers())
+    print(f"{count} shards in {args.dir} verified: sizes, tar headers and sha256 match manifest.json")
 
 
 def cmd_data_corpus(args: argparse.Namespace) -> None:
@@ -45,8 +56,21 @@ def cmd_data_corpus(args: argparse.Namespace) -> None:
 def cmd_convert_to_hf(args: argparse.Namespace) -> None:
     from bigtrain.convert.to_hf import to_hf
 
-    out = to_hf(args.src, Path(args.out), dtype=args.dtype)
-    print(f"Hugging Face model written to {out}")
+    def report(diff: float) -> None:
+        print(f"parity check passed: transformers' LlamaForCausalLM matches bigtrain's logits "
+              f"(max |diff| {diff:.2e} <= {args.tolerance:g})")
+
+    out = to_hf(args.src, Path(args.out), dtype=args.dtype, check=not args.no_check, tolerance=args.tolerance,
+                report=report)
+    print(f"Hugging Face model written to {out}" + (" (parity check skipped: --no-check)" if args.no_check else ""))
+
+
+def cmd_convert_from_hf(args: argparse.Namespace) -> None:
+    from bigtrain.convert.from_hf import from_hf
+
+    out = from_hf(Path(args.hf_dir), Path(args.out), args.tensor_parallel, seq_len=args.seq_len)
+    print(f"bigtrain run directory written to {out} (weights only, TP={args.tensor_parallel}); continue pretraining "
+          f"with: pretrain.py run.dir={out} data.path=SHARDS (shards made with --tokenizer {out / 'tokenizer'})")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -107,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="run pretraining in this process (one rank; use deepspeed/torchrun for more)")
-    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("--config", default=None,
+                   help="recipe name or YAML path (default: <run.dir>/config.yaml if it exists, else debug)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_pretrain)
 
@@ -120,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_train)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
-    p = data.add_parser("shard", help="tokenize, pack and write WebDataset shards + manifest.json")
+    p = data.add_parser("shard", help="tokenize (on all cores), pack and write WebDataset shards + manifest.json; "
+                                      "a re-run with unchanged inputs and options only verifies")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH")
     p.add_argument("--seq-len", type=int, required=True)
@@ -128,8 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-key", default="text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
     p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
+    p.add_argument("--samples-per-block", type=int, default=None,
+                   help="samples per tar member (default: ~1 MiB of tokens per member)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: all cores); the shards do not depend on it")
     p.set_defaults(func=cmd_data_shard)
+    p = data.add_parser("verify", help="check every shard of a directory against manifest.json (size, tar "
+                                       "headers, sha256), in parallel")
+    p.add_argument("dir", metavar="SHARD_DIR")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=cmd_data_verify)
     p = data.add_parser("corpus", help="write the embedded default corpus (Python docstrings) as JSONL")
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=cmd_data_corpus)
@@ -138,8 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the parity check (by default transformers' model must reproduce bigtrain's logits on a "
+                        "fixed probe; it loads one model at a time: 4 bytes/parameter)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| the check accepts (default 1e-4)")
     p.set_defaults(func=cmd_convert_to_hf)
+
+    p = conv.add_parser("from-hf", help="import a Hugging Face Llama folder as a bigtrain run directory")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT_DIR", help="new run directory (for eval, generate, pretrain.py run.dir=OUT_DIR)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="TP size of the written shards (pretraining "
+                   "reshards to its own TP anyway)")
+    p.add_argument("--seq-len", type=int, default=None, help="model.seq_len of the run (default: max_position_embeddings)")
+    p.set_defaults(func=cmd_convert_from_hf)
 
     p = sub.add_parser("eval", help="loss of a checkpoint on a text file (one document, BOS, windows of --seq-len)")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
