@@ -57,7 +57,7 @@ def run(size: str, device: str | None, steps: int, warmup: int | None, accum: in
         bare: str | None = "auto") -> dict | None:
     """Run the benchmark as one rank; returns the result on rank 0 (None on the others)."""
     from bigtrain.bench.config import bench_config
-    from bigtrain.bench.data import bench_shards
+    from bigtrain.bench.data import bench_data
     from bigtrain.bench.run import bench
     from bigtrain.config.validate import validate
     from bigtrain.parallel.world import destroy_world, init_world, launch_env
@@ -76,16 +76,16 @@ def run(size: str, device: str | None, steps: int, warmup: int | None, accum: in
     if bare == "auto":
         bare = "interleaved" if device_type == "cpu" else "sequential"
     validate(cfg, launch.world_size)
-    shard_dir = bench_shards(cfg)
+    cfg, sources = bench_data(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
         stated = peak_flops(world.device, cfg.train.precision, measure_unknown=False)
-        result = bench(cfg, world, shard_dir, steps, warmup, stated, bare)
+        result = bench(cfg, world, sources, steps, warmup, stated, bare)
     finally:
         destroy_world()
     if not world.is_main:
         return None
-    return {"size": size, "micro_batch_source": source, "data_path": str(shard_dir), **result,
+    return {"size": size, "micro_batch_source": source, "data_path": str(sources[0].path), **result,
             "command": shlex.join(["bigtrain", *sys.argv[1:]]) if sys.argv[0].endswith("bigtrain") else
             shlex.join([sys.executable, *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

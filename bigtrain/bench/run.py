@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.bench.bare import BareLlama, BareTrainer, copy_weights
-from bigtrain.bench.data import Recorder, micro_batches
+from bigtrain.bench.data import Recorder
 from bigtrain.bench.timing import PeakMemory, PhaseTimer, TimedEngine, cpu_seconds
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
@@ -152,18 +152,19 @@ def initial_state(engine) -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
 
 
-def run(cfg: Config, world: World, shard_dir: Path, warmup: int, peak: Peak, bare_mode: str | None):
+def run(cfg: Config, world: World, sources: list, warmup: int, peak: Peak, bare_mode: str | None):
     """bigtrain's steps, with the bare side interleaved or after; -> (bigtrain Phase, bare Phase or None)."""
     from bigtrain.parallel.engine import build_engine
     from bigtrain.train.faults import HealthCallback, NonFiniteGuard
     from bigtrain.train.metrics import MetricsLogger
+    from bigtrain.train.run import build_loader
 
     if world.is_main:
         Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)  # metrics.jsonl of the bigtrain steps
     engine, _ = build_engine(cfg, world, cfg.model.vocab_size)
     weights = initial_state(engine) if bare_mode else None
     timer, ours = PhaseTimer(world.device), Phase()
-    batches = Recorder(micro_batches(cfg, shard_dir, world.dp_rank, world.dp_size, world.device.type == "cuda"))
+    batches = Recorder(build_loader(cfg, world, sources, None))
     accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world.dp_size)
     make_bare = lambda: BareSide(cfg, world, weights, batches.seen, accum)  # noqa: E731
     guard = NonFiniteGuard(engine, world.device, check_grads=cfg.train.precision != "fp16")
@@ -202,7 +203,7 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def bench(cfg: Config, world: World, shard_dir: Path, steps: int, warmup: int, stated: Peak | None,
+def bench(cfg: Config, world: World, sources: list, steps: int, warmup: int, stated: Peak | None,
           bare_mode: str | None) -> dict:
     """Measure bigtrain and, with TP=1, the bare baseline (``bare_mode``: interleaved, sequential or None)."""
     from bigtrain.bench.report import assemble
@@ -210,7 +211,7 @@ def bench(cfg: Config, world: World, shard_dir: Path, steps: int, warmup: int, s
     ceiling = measure_ceiling(world, cfg.train.precision)
     peak = stated or ceiling
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=warmup + steps))
-    ours, bare = run(run_cfg, world, shard_dir, warmup, peak, bare_mode if world.tp_size == 1 else None)
+    ours, bare = run(run_cfg, world, sources, warmup, peak, bare_mode if world.tp_size == 1 else None)
     if bare is not None and world.dp_size > 1:
         bare.losses = mean_over_ranks(bare.losses, world)  # bigtrain's loss is the data-parallel mean
     return assemble(cfg, world, ours, bare, peak, ceiling, steps, warmup, bare_mode)
