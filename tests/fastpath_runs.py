@@ -5,7 +5,8 @@
 Each ``NAME key=value ...`` group (separated by ``--``) builds a fresh engine with the real
 ``build_engine`` (same seed: the same initial weights) and trains ``train.steps`` steps with the real
 ``train_step`` on the same micro-batches (the real loader over SHARD_DIR: seq_len 64, vocabulary 1024), so the
-runs differ only in their settings. Rank 0 writes ``{NAME: [loss per step], ...}`` to OUT.json.
+runs differ only in their settings. Rank 0 writes ``{NAME: {"losses": [per step],
+"compiled_graphs": N}, ...}`` to OUT.json.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from bigtrain.config.load import load_config
-from bigtrain.data.loader import StreamSpec, train_loader
+from bigtrain.data.loader import StreamSpec, TrainLoader
+from bigtrain.data.sources import load_sources
 from bigtrain.parallel.engine import build_engine
 from bigtrain.parallel.world import destroy_world, init_world
 from bigtrain.train.step import train_step
@@ -27,17 +29,21 @@ BASE = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "mode
         "train.micro_batch_size=2", "train.steps=4", "train.warmup_steps=1", "train.lr=3e-3"]
 
 
-def losses_of(overrides: list[str], world, shards: Path) -> list[float]:
+def run(overrides: list[str], world, shards: Path) -> dict:
+    """{"losses": per step, "compiled_graphs": graphs torch.compile built during this run}."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     cfg = load_config(None, [*BASE, *overrides])
     engine, _ = build_engine(cfg, world, cfg.model.vocab_size)
     t = cfg.train
     spec = StreamSpec(t.global_batch_size, t.micro_batch_size, world.dp_rank, world.dp_size, t.seed)
-    batches = iter(train_loader(shards, spec))
+    batches = TrainLoader(load_sources([(str(shards), 1.0, "")], "data.path"), spec, device=world.device)
     accum = t.global_batch_size // (t.micro_batch_size * world.dp_size)
     losses = [train_step(engine, batches, accum, world.device).loss for _ in range(t.steps)]
     engine.destroy()
     dist.barrier()
-    return losses
+    return {"losses": losses, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
 
 
 def groups(args: list[str]) -> list[list[str]]:
@@ -56,7 +62,7 @@ def main(argv: list[str]) -> None:
     tp = next((int(a.split("=")[1]) for g in runs for a in g if a.startswith("parallel.tensor_parallel=")), 1)
     world = init_world(tp, "gloo")
     try:
-        results = {run[0]: losses_of(run[1:], world, shards) for run in runs}
+        results = {group[0]: run(group[1:], world, shards) for group in runs}
     finally:
         destroy_world()
     if world.is_main:

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.config.schema import ModelConfig, TrainConfig
-from bigtrain.model.attention import causal_attention
-from bigtrain.model.llama import PAD_LOGIT, RMSNorm, padded_vocab_size
-from bigtrain.model.rope import apply_rope, rope_cache
+from bigtrain.model.llama import PAD_LOGIT, RMSNorm, attention_core, padded_vocab_size, swiglu
+from bigtrain.model.rope import rope_cache
 from bigtrain.train.schedule import lr_lambda
 
 
@@ -36,16 +35,11 @@ class BareAttention(nn.Module):
         self.backend = cfg.attention_backend
         self.qkv = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim, bias=False)
         self.proj = nn.Linear(cfg.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.compute = attention_core  # llama.py's: RoPE + the same attention kernel
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, self.groups, self.q_per_group + 2, self.head_dim)  # grouped layout
-        q = qkv[:, :, :, : self.q_per_group].reshape(B, T, -1, self.head_dim)  # (B, T, H, D)
-        k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        y = causal_attention(q, k, v, self.backend)  # (B, H, T, D)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = self.compute(self.qkv(x), cos, sin, self.groups, self.q_per_group, self.head_dim, self.backend)
+        return self.proj(y)  # (B, T, C)
 
 
 class BareMLP(nn.Module):
@@ -53,10 +47,10 @@ class BareMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.hidden_size, 2 * cfg.ffn_hidden_size, bias=False)  # [gate; up]
         self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=False)
+        self.compute = swiglu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * up)
+        return self.fc2(self.compute(self.fc1(x)))
 
 
 class BareBlock(nn.Module):

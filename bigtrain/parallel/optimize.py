@@ -2,9 +2,9 @@
 
     activation checkpointing (model.activation_checkpointing) -> torch.compile (train.compile) -> DeepSpeed
 
-Both replace ``block.forward`` on the block *instance*: module classes, parameter names and the
-state dict are untouched, so checkpoints and the HF converter see the same model. Each switch keeps
-the model's function (loss parity: tests/test_fastpath.py).
+Both change instance attributes only (``block.forward``, a layer's ``compute``): module classes,
+parameter names and the state dict are untouched, so checkpoints and the HF converter see the same
+model. Each switch keeps the model's function (loss parity: tests/test_fastpath.py).
 
 Activation checkpointing (``torch.utils.checkpoint``, non-reentrant, so it works under DeepSpeed
 ZeRO-3's parameter hooks, which re-gather a block's weights for the recomputation):
@@ -12,18 +12,21 @@ ZeRO-3's parameter hooks, which re-gather a block's weights for the recomputatio
 - ``full``: a block keeps only its input; backward re-runs its whole forward (+1 forward of FLOPs).
 - ``selective``: per-op selective checkpointing: the outputs of matmuls, attention kernels and
   collectives are kept, everything else (RMSNorm in fp32, RoPE, SwiGLU, casts, residual adds) is
-  recomputed from them in backward. Those elementwise intermediates are most of a block's
-  activation memory (for a 2048-wide bf16 block, ~60% of it) but a negligible share of its FLOPs.
+  recomputed from them in backward: most of a block's activation memory, a negligible share of its FLOPs.
 
-Compile: ``torch.compile`` of each block's forward (default inductor backend). Under ZeRO-3,
-DeepSpeed's parameter hooks are ``torch.compiler.disable``-d, so the graph breaks around each
-hooked linear layer and the pieces between them (norm, RoPE + attention, SwiGLU, residual add +
-norm) are what gets fused; with ZeRO 0-2 the whole block is one graph.
+Compile: ``torch.compile`` (inductor) of each layer's parameter-free math, llama.py's ``compute``
+functions: RMSNorm, RoPE + attention, SwiGLU, one compiled function shared by all layers (no
+recompilation per layer). Compiling whole blocks instead would trace DeepSpeed ZeRO-3's
+parameter-gathering module hooks (measured: dynamo hits its recompile limit on them and falls back);
+the matmuls are single library calls either way. Inductor needs a C++ compiler on CPU and Triton on
+CUDA: :func:`compile_problem` checks for them.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,17 +35,39 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from bigtrain.config.schema import ACTIVATION_CHECKPOINTING as AC_MODES
 
 
-def optimize_model(model: nn.Module, activation_checkpointing: str = "none", compile: bool = False,
-                   compile_backend: str = "inductor") -> nn.Module:
-    """Apply the switches to every block of ``model.layers`` in place; returns ``model``."""
+def optimize_model(model: nn.Module, activation_checkpointing: str = "none", compile: bool = False) -> nn.Module:
+    """Apply the switches to ``model`` (its ``layers`` and every module with a ``compute``) in place."""
     if activation_checkpointing not in AC_MODES:
         raise ValueError(f"activation_checkpointing must be one of {AC_MODES}, got {activation_checkpointing!r}")
-    for block in model.layers:
-        if activation_checkpointing != "none":
+    if activation_checkpointing != "none":
+        for block in model.layers:
             checkpoint_block(block, activation_checkpointing == "selective")
-        if compile:
-            block.forward = torch.compile(block.forward, backend=compile_backend)
+    if compile:
+        for module in model.modules():
+            if callable(getattr(module, "compute", None)):
+                module.compute = compiled(module.compute)
     return model
+
+
+@functools.cache
+def compiled(fn: Callable) -> Callable:
+    """One compiled copy per function, shared by every layer that uses it."""
+    return torch.compile(fn)
+
+
+def compile_problem(device_type: str) -> str | None:
+    """Why ``torch.compile`` (inductor) cannot run on this machine, or None if it can."""
+    if device_type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs the triton package (pip install triton)"
+        return None
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # inductor raises its own error types when no compiler is found
+        return f"torch.compile on CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX): {error}"
+    return None
 
 
 def checkpoint_block(block: nn.Module, selective: bool) -> None:
@@ -57,6 +82,7 @@ def checkpoint_block(block: nn.Module, selective: bool) -> None:
     block.forward = forward
 
 
+@functools.cache
 def saved_ops() -> frozenset:
     """aten ops whose outputs selective checkpointing keeps: matmuls, attention kernels, collectives."""
     aten = torch.ops.aten
@@ -72,10 +98,5 @@ def saved_ops() -> frozenset:
     return frozenset(ops)
 
 
-@functools.cache
-def _saved() -> frozenset:
-    return saved_ops()
-
-
 def save_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _saved() else CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if op in saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
