@@ -60,7 +60,7 @@ def groups(args: list[str]) -> list[list[str]]:
 def main(argv: list[str]) -> None:
     out, shards, runs = Path(argv[0]), Path(argv[1]), groups(argv[2:])
     tp = next((int(a.split("=")[1]) for g in runs for a in g if a.startswith("parallel.tensor_parallel=")), 1)
-    world = init_world(tp, "gloo")
+    world = init_world(tp, "auto")  # gloo on CPU, nccl on CUDA
     try:
         results = {group[0]: run(group[1:], world, shards) for group in runs}
     finally:
