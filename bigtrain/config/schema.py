@@ -75,6 +75,9 @@ class ParallelConfig:
                                     "auto (on with CUDA; off on CPU, which has no second stream to overlap on).")
     contiguous_gradients: bool = doc(True, "ZeRO: copy gradients into one contiguous buffer as they are produced "
                                      "(less fragmentation, one reduce per bucket).")
+    sub_group_size: int = doc(
+        0, "ZeRO-3: the optimizer steps over its flat fp32 partition in chunks of this many elements "
+        "(sub_group_size); 0 = 1e6 on CPU (cache-sized: measured 2x faster Adam on a 20M model) and 1e9 on GPU.")
 
 
 @dataclass

@@ -159,6 +159,8 @@ def fast_path_errors(cfg: Config) -> list[str]:
                        ("parallel.bucket_size", p.bucket_size)]:
         if value < 0:
             errors.append(f"{key} must be >= 0 (0 = the default for the device), got {value}")
+    if p.sub_group_size < 0:
+        errors.append(f"parallel.sub_group_size must be >= 0 (0 = the default for the device), got {p.sub_group_size}")
     for key, value in [("parallel.max_live_parameters", p.max_live_parameters),
                        ("parallel.max_reuse_distance", p.max_reuse_distance)]:
         if value <= 0:

@@ -84,6 +84,7 @@ def zero_knobs(cfg: Config, on_gpu: bool) -> dict[str, Any]:
         "stage3_max_live_parameters": p.max_live_parameters, "stage3_max_reuse_distance": p.max_reuse_distance,
         "overlap_comm": on_gpu if p.overlap_comm is None else p.overlap_comm,
         "contiguous_gradients": p.contiguous_gradients,
+        "sub_group_size": p.sub_group_size or (1_000_000_000 if on_gpu else 1_000_000),
     }
 
 
