@@ -130,7 +130,8 @@ class BareTrainer:
         groups = param_groups(model, t.weight_decay)
         index = {id(p): i for i, p in enumerate(self.params)}
         master_groups = [{**g, "params": [self.master[index[id(p)]] for p in g["params"]]} for g in groups]
-        self.optimizer = torch.optim.AdamW(master_groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+        self.optimizer = torch.optim.AdamW(master_groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                                           fused=t.fused_adam)  # the kernel DeepSpeed's torch_adam runs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

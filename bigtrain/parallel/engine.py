@@ -66,6 +66,7 @@ def build_ds_config(cfg: Config, dp_size: int, on_gpu: bool) -> dict[str, Any]:
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp_size),
         "gradient_clipping": t.grad_clip,
         "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": t.eps, "weight_decay": t.weight_decay,
+        "fused": t.fused_adam,
         **zero_knobs(cfg, on_gpu),
     }
     return fill_auto(ds, autos)
