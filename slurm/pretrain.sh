@@ -57,6 +57,10 @@ export PYTHONUNBUFFERED=1
 # export NCCL_ASYNC_ERROR_HANDLING=1    # a failed collective aborts instead of hanging until the timeout
 # export GLOO_SOCKET_IFNAME=ib0         # same for gloo (CPU runs, and torch's gloo side groups)
 
+# Check the config and its layout for this many ranks once, before starting them: a bad config
+# fails here in a second with one "error: ..." line naming the key (exit 2).
+"$PYTHON" -m bigtrain.cli config show --config "$CONFIG" --world-size "${SLURM_NTASKS:-$SLURM_JOB_NUM_NODES}" "$@" > /dev/null
+
 restart=${SLURM_RESTART_COUNT:-0}
 echo "[slurm/pretrain.sh] job $SLURM_JOB_ID start $((restart + 1)) on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST)," \
      "$SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT: $CONFIG $*"

@@ -79,7 +79,9 @@ def check_options(opts: SubmitOptions) -> None:
                           "on a cluster without GPUs")
     if opts.max_requeues < 0:
         raise LaunchError(f"--max-requeues must be >= 0, got {opts.max_requeues}")
-    time_minutes(opts.time)
+    if not 0 < opts.signal_delay_s < time_minutes(opts.time) * 60:
+        raise LaunchError(f"--signal-delay ({opts.signal_delay_s} s) must be positive and shorter than --time "
+                          f"({opts.time}): the job would be told to save the moment it starts")
 
 
 def check_partition(name: str | None) -> None:
