@@ -15,12 +15,13 @@ Memory per GPU, in bytes (P = parameters held by one tensor-parallel rank, d = d
                 + 4a * F / t                                  SwiGLU: [gate; up], silu(gate), product
       output      4h + 2ah + 4 + 4 * V / t + 17               final norm, fp32 softmax of the logits, ids
   (a = 4 fp32 / 2 bf16, h hidden, D head dim, F ffn size, V padded vocab, t TP; no sequence parallel,
-  no activation checkpointing), times b * s, plus the fp32 RoPE cos/sin cache 8 * D * s and the fp32
-  logits gradient 4 * b * s * V / t that exists during backward;
-- buffers:     ZeRO's communication buckets: bucket * (4 + w) bytes (parallel.bucket_size, 5e8 on GPU),
-               plus under ZeRO-3 the largest gathered unit (embedding or one block) w * unit / t;
+  no activation checkpointing), times b * s, plus the fp32 RoPE cos/sin cache 8 * D * s, the padding
+  mask V / t (if the vocabulary is padded) and the fp32 logits gradient 4 * b * s * V / t of backward;
+- buffers:     ZeRO's communication buckets: min(bucket, P) * (4 + w) (parallel.bucket_size, 5e8 on GPU),
+               plus under ZeRO-3 the largest unit gathered at once (embedding or one block, per TP rank) * w;
 - reserve:     CUDA context, NCCL and allocator fragmentation: --reserve-gb (default 2).
-All sizes are GiB (2**30 bytes), as is --gpu-memory-gb (an "80 GB" H100 reports 79.6 GiB).
+``--json`` reports bytes (``memory_bytes``); the table shows GiB (2**30 bytes), and --gpu-memory-gb is
+GiB too (an "80 GB" H100 has 79.6 GiB).
 
 The activation formula is checked against the tensors autograd really saves for the bigtrain model
 (tests/test_plan.py); the rest follows the ZeRO paper's accounting (Rajbhandari et al., 2020).
@@ -70,7 +71,7 @@ class Plan:
     grad_accumulation: int
     tokens_per_step: int
     tokens_per_micro_batch_per_gpu: int
-    memory_gib: dict[str, float]  # parameters, gradients, optimizer, activations, buffers, reserve, total
+    memory_bytes: dict[str, int]  # per GPU: parameters, gradients, optimizer, activations, buffers, reserve, total
     gpu_memory_gb: float
     fits: bool
     warnings: list[str] = field(default_factory=list)
@@ -108,11 +109,14 @@ def activation_bytes_per_token(m: ModelConfig, vocab_padded: int, tp: int, act_b
     return 2 * norm + attention + mlp, output
 
 
-def saved_activation_bytes(m: ModelConfig, vocab_padded: int, tp: int, act_bytes: int, micro_batch: int) -> int:
-    """Bytes autograd holds for one micro batch after the forward pass (+ the fp32 RoPE cos/sin cache)."""
+def saved_activation_bytes(m: ModelConfig, vocab: int, vocab_padded: int, tp: int, act_bytes: int,
+                           micro_batch: int) -> int:
+    """Bytes autograd holds for one micro batch after the forward pass (+ the fp32 RoPE cos/sin cache
+    and, with a padded vocabulary, the padding mask: one byte per local vocabulary row)."""
     block, output = activation_bytes_per_token(m, vocab_padded, tp, act_bytes)
     rope_cache = 2 * 4 * (m.hidden_size // m.num_heads) * m.seq_len
-    return micro_batch * m.seq_len * (m.num_layers * block + output) + rope_cache
+    padding_mask = vocab_padded // tp if vocab_padded != vocab else 0
+    return micro_batch * m.seq_len * (m.num_layers * block + output) + rope_cache + padding_mask
 
 
 def resolve_vocab(cfg: Config) -> tuple[int, str | None]:
@@ -128,27 +132,28 @@ def resolve_vocab(cfg: Config) -> tuple[int, str | None]:
     return EMBEDDED_VOCAB, None
 
 
-def memory(cfg: Config, params: ParamCounts, dp: int, vocab_padded: int, reserve_gb: float) -> dict[str, float]:
-    """GiB per GPU by kind; see the module docstring for each formula."""
+def memory(cfg: Config, params: ParamCounts, dp: int, vocab: int, vocab_padded: int, reserve_gb: float) -> dict[str, int]:
+    """Bytes per GPU by kind; see the module docstring for each formula."""
     p, m, t = cfg.parallel, cfg.model, cfg.train
     w = 2 if t.precision == "bf16" else 4
     n, stage = params.per_tp_rank, p.zero_stage
     optimizer = (8 + (4 if w == 2 else 0)) * n
     mem = {
-        "parameters": w * n / (dp if stage == 3 else 1),
-        "gradients": 4 * n / (dp if stage >= 2 else 1),
-        "optimizer": 0.0 if p.cpu_offload else optimizer / (dp if stage >= 1 else 1),
+        "parameters": w * n // (dp if stage == 3 else 1),
+        "gradients": 4 * n // (dp if stage >= 2 else 1),
+        "optimizer": 0 if p.cpu_offload else optimizer // (dp if stage >= 1 else 1),
     }
     if p.cpu_offload and stage == 3:
-        mem["parameters"] = 0.0
+        mem["parameters"] = 0
     logits_grad = 4 * t.micro_batch_size * m.seq_len * vocab_padded // p.tensor_parallel  # fp32, in backward
-    mem["activations"] = saved_activation_bytes(m, vocab_padded, p.tensor_parallel, w, t.micro_batch_size) + logits_grad
-    bucket = p.bucket_size or GPU_BUCKET
+    saved = saved_activation_bytes(m, vocab, vocab_padded, p.tensor_parallel, w, t.micro_batch_size)
+    mem["activations"] = saved + logits_grad
+    bucket = min(p.bucket_size or GPU_BUCKET, n)  # a bucket never holds more than the rank's parameters
     gathered = w * max(params.embedding, params.block) if stage == 3 else 0
     mem["buffers"] = bucket * (4 + w) + gathered
-    mem["reserve"] = reserve_gb * GIB
+    mem["reserve"] = round(reserve_gb * GIB)
     mem["total"] = sum(mem.values())
-    return {k: round(v / GIB, 3) for k, v in mem.items()}
+    return mem
 
 
 def groups(world: int, tp: int, limit: int = 4) -> tuple[list[list[int]], list[list[int]]]:
@@ -170,14 +175,14 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gb: float,
     dp = max(world // tp, 1)
     vpad = padded_vocab(vocab, cfg.model.vocab_pad_multiple, tp)
     params = count_params(cfg.model, vpad, tp)
-    mem = memory(cfg, params, dp, vpad, reserve_gb)
+    mem = memory(cfg, params, dp, vocab, vpad, reserve_gb)
     t = cfg.train
     accum = t.global_batch_size // (t.micro_batch_size * dp) if t.global_batch_size % (t.micro_batch_size * dp) == 0 else 0
     tp_groups, dp_groups = groups(world, tp)
     within = tp <= gpus_per_node and gpus_per_node % tp == 0
     plan = Plan(nodes, gpus_per_node, world, tp, dp, tp_groups, dp_groups, within, cfg.parallel.zero_stage,
                 t.precision, vocab, vpad, params, t.micro_batch_size, accum, t.global_batch_size * cfg.model.seq_len,
-                t.micro_batch_size * cfg.model.seq_len, mem, gpu_memory_gb, mem["total"] <= gpu_memory_gb,
+                t.micro_batch_size * cfg.model.seq_len, mem, gpu_memory_gb, mem["total"] <= gpu_memory_gb * GIB,
                 warnings)
     plan.warnings += layout_warnings(plan)
     return plan
@@ -192,7 +197,7 @@ def raise_plan_error(errors: list[str]) -> None:
 def layout_warnings(plan: Plan) -> list[str]:
     out = []
     if not plan.fits:
-        out.append(f"does not fit: about {plan.memory_gib['total']:.1f} GiB per GPU needed, "
+        out.append(f"does not fit: about {plan.memory_bytes['total'] / GIB:.1f} GiB per GPU needed, "
                    f"{plan.gpu_memory_gb:g} GiB available (try more tensor_parallel, ZeRO-3, bf16, a smaller "
                    "micro_batch_size or parallel.cpu_offload)")
     if plan.tensor_parallel > plan.gpus_per_node:
@@ -207,7 +212,7 @@ def layout_warnings(plan: Plan) -> list[str]:
 
 
 def format_plan(plan: Plan) -> str:
-    m, p = plan.memory_gib, plan.params
+    m, p = {k: v / GIB for k, v in plan.memory_bytes.items()}, plan.params
     lines = [
         f"layout: {plan.nodes} node(s) x {plan.gpus_per_node} GPU(s) = {plan.world_size} ranks; "
         f"tensor parallel {plan.tensor_parallel} x data parallel {plan.data_parallel}; "
