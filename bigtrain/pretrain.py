@@ -13,8 +13,8 @@ further ``key=value`` overrides a dotted config key (``bigtrain config keys`` li
 tokenized and sharded into ``~/.cache/bigtrain`` on first use. Restarting the same command on the
 same ``run.dir`` resumes from its latest complete checkpoint.
 
-Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 75 stopped by SIGTERM or
-SIGUSR1 after saving a checkpoint: requeue the job and it resumes.
+Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 75 stopped by SIGTERM,
+SIGUSR1 or SIGUSR2 after saving a checkpoint: requeue the job and it resumes (slurm/pretrain.sh does).
 """
 
 from __future__ import annotations
