@@ -138,3 +138,23 @@ def test_submit_bad_layout_fails_before_queueing(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "error: world size 3 must be divisible by parallel.tensor_parallel (2)" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30", 2), ("02:00:00", 120), ("1-00", 1440),
+                                           ("1-2:30", 1590), ("0-0:0:30", 1)])
+def test_time_limit_formats(text, minutes):
+    from bigtrain.launch.submit import time_minutes
+
+    assert time_minutes(text) == minutes
+
+
+def test_options_are_checked_before_queueing():
+    from bigtrain.launch.submit import LaunchError, SubmitOptions, check_options
+
+    with pytest.raises(LaunchError, match=r"--signal-delay \(300 s\) must be positive and shorter than --time \(5\)"):
+        check_options(SubmitOptions(time="5"))
+    with pytest.raises(LaunchError, match="--tasks-per-node on a cluster without GPUs"):
+        check_options(SubmitOptions(gpus_per_node=0))
+    with pytest.raises(LaunchError, match="time 'soon'"):
+        check_options(SubmitOptions(time="soon"))
+    check_options(SubmitOptions(gpus_per_node=0, tasks_per_node=4, time="1-00:00:00"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,22 +85,31 @@ def check_options(opts: SubmitOptions) -> None:
                           f"({opts.time}): the job would be told to save the moment it starts")
 
 
-def check_partition(name: str | None) -> None:
-    if name is None:
+def check_slurm(partition: str | None) -> None:
+    """The SLURM commands answer here, and the partition (if given) exists."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise LaunchError("sbatch/scontrol not found: submit from a machine of the SLURM cluster (a login node), "
+                          "or try it on this one with `sudo tools/local_slurm.sh start`")
+    if partition is None:
         return
-    found = subprocess.run(["scontrol", "show", "partition", name], capture_output=True, text=True)
+    found = subprocess.run(["scontrol", "show", "partition", partition], capture_output=True, text=True)
     if found.returncode != 0:
         listed = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout.split()
-        raise LaunchError(f"unknown partition {name!r}: this cluster has {sorted(set(listed))}")
+        raise LaunchError(f"unknown partition {partition!r}: this cluster has {sorted(set(listed))}")
 
 
-def prepare_run(config: str, overrides: list[str], world_size: int) -> tuple[list[str], object]:
-    """Validate config, data and run.dir for ``world_size`` ranks -> (overrides with an absolute run.dir, cfg)."""
+def check_config(config: str, overrides: list[str], world_size: int):
+    """The config and its layout for ``world_size`` ranks: fast, no torch."""
     from bigtrain.config.load import load_config
     from bigtrain.config.validate import validate
 
     cfg = load_config(config, overrides)
-    validate(cfg, world_size)  # before the slow imports below: a wrong layout fails in a fraction of a second
+    validate(cfg, world_size)
+    return cfg
+
+
+def prepare_run(cfg, overrides: list[str], world_size: int) -> tuple[list[str], object]:
+    """Make run.dir absolute, resolve the data, check an existing run.dir -> (overrides, cfg)."""
     from bigtrain.train.run import check_resumable, resolve_data
 
     run_dir = Path(cfg.run.dir).expanduser().resolve()
@@ -132,8 +142,10 @@ def submit(config: str, overrides: list[str] = (), options: SubmitOptions | None
 
     opts = dataclasses.replace(options or SubmitOptions(), **kwargs)
     check_options(opts)
-    check_partition(opts.partition)
-    overrides, cfg = prepare_run(config, list(overrides), opts.nodes * opts.tasks)
+    world = opts.nodes * opts.tasks
+    cfg = check_config(config, list(overrides), world)  # a wrong layout fails here, in a fraction of a second
+    check_slurm(opts.partition)
+    overrides, cfg = prepare_run(cfg, list(overrides), world)
     folder = Path(opts.folder or Path(cfg.run.dir) / "submitit").expanduser().resolve()
     executor = build_executor(opts, folder)
     try:
