@@ -174,8 +174,12 @@ start_slurm() {
     for _ in $(seq 1 100); do scontrol ping 2> /dev/null | grep -q 'is UP' && break; sleep 0.1; done
     for i in $(seq 1 "$NODES"); do
       install -d $STATE/node$i
-      # own hostname per node; slurmd daemonizes and keeps the namespace
-      unshare --uts sh -c "hostname node$i && exec slurmd -N node$i"
+      if unshare --uts true 2> /dev/null; then
+        # own hostname per node; slurmd daemonizes and keeps the namespace
+        unshare --uts sh -c "hostname node$i && exec slurmd -N node$i"
+      else  # no CAP_SYS_ADMIN (some containers): the nodes share this machine's hostname
+        slurmd -N node$i
+      fi
     done
   fi
   scontrol update nodename="node[1-$NODES]" state=resume > /dev/null 2>&1 || true  # clear DOWN/DRAIN
