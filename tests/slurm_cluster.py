@@ -60,14 +60,14 @@ def job_info(job_id: int) -> dict[str, str]:
 
 def wait_job(job_id: int, timeout: float = 300) -> dict[str, str]:
     """Wait until the job (and every requeue of it) is over; its final scontrol record."""
-    deadline = time.time() + timeout
+    deadline, info = time.time() + timeout, {}
     while time.time() < deadline:
         info = job_info(job_id)
         if info["JobState"] in FINAL_STATES:
             return info
         time.sleep(0.5)
     subprocess.run(["scancel", str(job_id)])
-    raise AssertionError(f"job {job_id} still {info['JobState']} after {timeout} s")
+    raise AssertionError(f"job {job_id} still {info.get('JobState')} after {timeout} s")
 
 
 def wait_for_step(run_dir: Path, step: int, timeout: float = 300, job_id: int | None = None) -> None:

@@ -98,14 +98,14 @@ def test_submitit_preempted_by_urgent_partition_resumes_exactly(cluster, tmp_pat
     ref = reference(tmp_path_factory)
     # time > 50 min: submitit tells preemption from timeout; max_requeues=0: a preemption must not use one up
     job, run = submit_tiny(tmp_path, tmp_path_factory, time="60", max_requeues=0, partition="batch")
-    wait_for_step(run, 3, job_id=int(job.job_id))
+    wait_for_step(run, 2, job_id=int(job.job_id))  # early: scheduling the urgent job takes up to sched_interval
     urgent = sbatch(["-p", "urgent", "-N2", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1"], cwd=tmp_path)
     assert wait_job(urgent)["JobState"] == "COMPLETED"
     wait_job(int(job.job_id))
     results = job.results()
     assert (results[0]["step"], results[0]["restarts"]) == (STEPS, 1)
     step, log = stopped_step(job), rank0_log(job)
-    assert 3 <= step < STEPS
+    assert 2 <= step < STEPS
     assert "this job is preempted" in log and f"Requeued job {job.job_id} (0 remaining timeouts)" in log
     assert trajectory(metrics(run)) == trajectory(ref)
 
