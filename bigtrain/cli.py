@@ -67,6 +67,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(generate(args.src, args.prompt, args.max_new_tokens))
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from bigtrain.plot import plot_run
+
+    print(f"plot written to {plot_run(Path(args.run_dir), args.out)}")
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     from bigtrain.config import dump_yaml, load_config, validate
 
@@ -164,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("plot", help="PNG of a run's loss / val loss / lr / throughput / grad-norm curves")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, metavar="PNG", help="default: RUN_DIR/metrics.png")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("plan", help="dry run: parallel layout, per-GPU memory, tokens per step, warnings (instant)")
     p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")

@@ -13,8 +13,11 @@ further ``key=value`` overrides a dotted config key (``bigtrain config keys`` li
 tokenized and sharded into ``~/.cache/bigtrain`` on first use. Restarting the same command on the
 same ``run.dir`` resumes from its latest complete checkpoint.
 
-Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 75 stopped by SIGTERM,
-SIGUSR1 or SIGUSR2 after saving a checkpoint: requeue the job and it resumes (slurm/pretrain.sh does).
+Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 3 stopped after
+``train.max_consecutive_skips`` non-finite steps in a row (a checkpoint of the last good weights was
+saved); 4 the hang watchdog fired (``train.watchdog_timeout_s``; stacks in ``<run.dir>/hangs/``);
+75 stopped by SIGTERM, SIGUSR1 or SIGUSR2 after saving a checkpoint: requeue the job and it resumes
+(slurm/pretrain.sh and bigtrain submit do).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if trainer.failed:
+        from bigtrain.train.faults import DIVERGED_EXIT_CODE
+
+        if trainer.world.is_main:
+            print(f"error: {trainer.stop_reason}", file=sys.stderr, flush=True)
+        return DIVERGED_EXIT_CODE
     if trainer.requeue:
         from bigtrain.train.signals import REQUEUE_EXIT_CODE
 
@@ -57,4 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    from bigtrain.train.signals import ignore_stop_signals
+
+    ignore_stop_signals()  # the work is saved: a launcher's late SIGTERM must not replace this rank's status
+    sys.exit(status)

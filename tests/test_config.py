@@ -41,7 +41,7 @@ def test_resolved_dump_round_trips(tmp_path):
     ([], 3, "world size 3 must be divisible by parallel.tensor_parallel (2)"),
     (["train.global_batch_size=12", "train.micro_batch_size=4"], 4,
      "train.global_batch_size (12) must be divisible by train.micro_batch_size (4) x data-parallel size (2)"),
-    (["train.precision=fp16"], None, "train.precision must be one of"),
+    (["train.precision=fp8"], None, "train.precision must be one of"),
     (["parallel.zero_stage=4"], None, "parallel.zero_stage must be 0, 1, 2 or 3"),
     (["train.steps=0"], None, "train.steps must be positive"),
 ])

@@ -72,19 +72,35 @@ class TrainConfig:
     eps: float = doc(1e-8, "AdamW epsilon.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this (0 = off).")
     seed: int = doc(1234, "Seed for initialisation and data order.")
-    precision: str = doc("fp32", "fp32 or bf16 (bf16 autocast weights with fp32 master weights in DeepSpeed).")
+    precision: str = doc("fp32", "fp32, bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) or fp16 "
+                         "(fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
+    max_consecutive_skips: int = doc(
+        5, "Stop (checkpoint of the last good weights, exit status 3) after this many consecutive steps skipped "
+        "for a non-finite loss or gradient; 0 = never stop.")
+    spike_threshold: float = doc(
+        2.0, "Log a loss spike when a step's loss exceeds this multiple of the running mean of recent losses; 0 = off.")
+    watchdog_timeout_s: float = doc(
+        0.0, "Hang watchdog: if a rank makes no progress (a step, an eval batch, a checkpoint save) for this many "
+        "seconds, every rank dumps its Python stacks to stderr and <run.dir>/hangs/ and exits with status 4; "
+        "set it above the longest step and checkpoint save; 0 = off.")
 
 
 @dataclass
 class CheckpointConfig:
     every: int = doc(20, "Save every N steps (0 = only at the end).")
     save_final: bool = doc(True, "Save after the last step.")
+    keep: int = doc(0, "Keep only the last K complete checkpoints (older ones are deleted after a new one is "
+                    "complete); 0 = keep all.")
+    keep_every: int = doc(0, "Also keep forever every checkpoint whose step is a multiple of M (with keep > 0); 0 = none.")
 
 
 @dataclass
 class LogConfig:
     every: int = doc(1, "Log metrics every N steps.")
     tensorboard: bool = doc(True, "Also write TensorBoard events under <run.dir>/tensorboard.")
+    wandb: bool = doc(False, "Also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works).")
+    wandb_project: str = doc("bigtrain", "Weights & Biases project.")
+    wandb_entity: str = doc("", "Weights & Biases entity (team or user); empty = your default.")
 
 
 @dataclass

@@ -6,10 +6,12 @@ in the first second with a readable message instead of a shape error after the N
 
 from __future__ import annotations
 
+import importlib.util
+
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
@@ -64,6 +66,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
+    errors += fault_tolerance_errors(cfg)
     need(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = off), got {cfg.eval.every}")
     need(cfg.eval.batches > 0, f"eval.batches must be positive, got {cfg.eval.batches}")
     need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
@@ -82,4 +85,28 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
                  f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
                  f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
                  f"{t.micro_batch_size * dp}")
+    return errors
+
+
+def fault_tolerance_errors(cfg: Config) -> list[str]:
+    """Checkpoint retention, numerical-fault, watchdog and logging keys (issue 4)."""
+    c, t = cfg.checkpoint, cfg.train
+    errors = []
+    if c.keep < 0:
+        errors.append(f"checkpoint.keep must be >= 0 (0 = keep all), got {c.keep}")
+    if c.keep_every < 0:
+        errors.append(f"checkpoint.keep_every must be >= 0 (0 = none), got {c.keep_every}")
+    if c.keep_every and not c.keep:
+        errors.append(f"checkpoint.keep_every={c.keep_every} needs checkpoint.keep > 0 "
+                      "(with keep=0 every checkpoint is kept anyway)")
+    if t.max_consecutive_skips < 0:
+        errors.append(f"train.max_consecutive_skips must be >= 0 (0 = never stop), got {t.max_consecutive_skips}")
+    if t.spike_threshold != 0 and t.spike_threshold <= 1:
+        errors.append(f"train.spike_threshold must be > 1 (a ratio to the running mean loss) or 0 = off, "
+                      f"got {t.spike_threshold}")
+    if t.watchdog_timeout_s < 0:
+        errors.append(f"train.watchdog_timeout_s must be >= 0 (0 = off), got {t.watchdog_timeout_s}")
+    if cfg.log.wandb and importlib.util.find_spec("wandb") is None:
+        errors.append("log.wandb=true but the wandb package is not installed: pip install wandb "
+                      "(or pip install 'bigtrain[wandb]'), or set log.wandb=false")
     return errors

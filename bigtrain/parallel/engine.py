@@ -49,8 +49,11 @@ def build_ds_config(cfg: Config, dp_size: int, on_gpu: bool) -> dict[str, Any]:
     """Merge the templates (see ds_configs/README.md) and fill every "auto" from ``cfg``."""
     p, t = cfg.parallel, cfg.train
     ds = load_json(TEMPLATE_DIR / f"zero{p.zero_stage}.json")
-    if t.precision == "bf16":
-        ds = deep_merge(ds, load_json(TEMPLATE_DIR / "bf16.json"))
+    if t.precision in ("bf16", "fp16"):
+        ds = deep_merge(ds, load_json(TEMPLATE_DIR / f"{t.precision}.json"))
+    if t.precision == "bf16" and p.zero_stage == 0:
+        # Without ZeRO, DeepSpeed's bf16 path (FP16_Optimizer: fp32 master weights) accumulates in bf16 only
+        ds = deep_merge(ds, {"data_types": {"grad_accum_dtype": "bf16"}})
     if p.cpu_offload:
         ds = deep_merge(ds, load_json(TEMPLATE_DIR / "cpu_offload.json"))
     if p.ds_config:

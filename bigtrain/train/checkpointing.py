@@ -22,8 +22,10 @@ class CheckpointCallback(Callback):
         self.last_saved = -1
 
     def save(self, trainer: Trainer) -> None:
+        trainer.heartbeat(f"checkpoint save of step {trainer.state.step} started")
         self.checkpointer.save(trainer.engine, self.describe(trainer), self.config_yaml, self.tokenizer_dir)
         self.last_saved = trainer.state.step
+        trainer.heartbeat(f"checkpoint save of step {trainer.state.step} done")
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.last_saved = trainer.state.step
@@ -33,6 +35,6 @@ class CheckpointCallback(Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        # a stop requested by a signal always saves: the job is about to be requeued
+        # a stop (signal: the job is about to be requeued; fault: keep the last good weights) always saves
         if (self.save_final or trainer.stop_reason) and self.last_saved != trainer.state.step:
             self.save(trainer)

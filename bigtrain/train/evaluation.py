@@ -22,7 +22,7 @@ from bigtrain.train.step import StepResult
 
 @torch.no_grad()
 def validation_loss(engine, reader: ShardReader, num_samples: int, micro_batch: int, dp_rank: int,
-                    dp_size: int, device: torch.device) -> tuple[float, int]:
+                    dp_size: int, device: torch.device, on_batch=lambda: None) -> tuple[float, int]:
     """(mean token loss, tokens) over the first ``num_samples`` validation samples."""
     mine = np.arange(dp_rank, num_samples, dp_size)
     per_rank = math.ceil(num_samples / dp_size)
@@ -38,6 +38,7 @@ def validation_loss(engine, reader: ShardReader, num_samples: int, micro_batch: 
         losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T)
         total[0] += (losses.double().sum(dim=1) * weight).sum()
         total[1] += weight.sum() * losses.shape[1]
+        on_batch()
     engine.train()
     dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return (total[0] / total[1]).item(), int(total[1].item())
@@ -56,5 +57,6 @@ class EvalCallback(Callback):
         t = trainer.cfg.train
         samples = min(self.batches * t.global_batch_size, self.reader.num_samples)
         loss, tokens = validation_loss(trainer.engine, self.reader, samples, t.micro_batch_size,
-                                       trainer.world.dp_rank, trainer.world.dp_size, trainer.world.device)
+                                       trainer.world.dp_rank, trainer.world.dp_size, trainer.world.device,
+                                       on_batch=lambda: trainer.heartbeat(f"evaluation at step {step}"))
         trainer.extra_metrics.update(val_loss=loss, val_ppl=math.exp(min(loss, 50.0)), val_tokens=tokens)

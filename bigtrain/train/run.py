@@ -21,11 +21,15 @@ from bigtrain.data.loader import ShardReader, StreamSpec, train_loader
 from bigtrain.data.manifest import Manifest
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
+from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
 from bigtrain.train.evaluation import EvalCallback
+from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
-from bigtrain.train.metrics import MetricsLogger
+from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.signals import SignalStop
+from bigtrain.train.sinks import build_sinks
+from bigtrain.train.watchdog import Watchdog
 
 
 def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
@@ -85,7 +89,23 @@ def describe(trainer: Trainer) -> dict:
         "padded_vocab_size": padded_vocab_size(cfg.model.vocab_size, cfg.model.vocab_pad_multiple, world.tp_size),
         "model": to_dict(cfg)["model"],
         "data": {"path": cfg.data.path, "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.seed},
+        "health": trainer.state.health(),
     }
+
+
+def check_precision_supported(cfg: Config) -> None:
+    """fp16 needs an accelerator DeepSpeed supports it on (not a plain CPU): say so before any process group."""
+    if cfg.train.precision != "fp16":
+        return
+    from bigtrain.parallel.dsenv import import_deepspeed
+
+    import_deepspeed()
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if not accelerator.is_fp16_supported():
+        raise ConfigError(f"train.precision=fp16: DeepSpeed's {accelerator.device_name()} accelerator does not "
+                          "support fp16 on this machine (no CUDA device); use train.precision=bf16 or fp32")
 
 
 def write_run_dir(run_dir: Path, cfg: Config, manifest: Manifest, ds_config: dict) -> None:
@@ -101,6 +121,7 @@ def pretrain(cfg: Config) -> Trainer:
     validate(cfg, launch.world_size)
     cfg, manifest = resolve_data(cfg)
     check_resumable(cfg, launch.world_size)
+    check_precision_supported(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
         return train(cfg, world, manifest)
@@ -116,20 +137,31 @@ def train(cfg: Config, world: World, manifest: Manifest) -> Trainer:
     if world.is_main:
         write_run_dir(run_dir, cfg, manifest, ds_config)
     dist.barrier()
-    meta = Checkpointer(run_dir, world.is_main).load_latest(engine)
-    state = TrainState(meta["step"], meta["consumed_samples"]) if meta else TrainState()
+    injector = inject.Injector(world.rank)
+    checkpointer = Checkpointer(run_dir, world.is_main, cfg.checkpoint.keep, cfg.checkpoint.keep_every,
+                                before_commit=injector.hold_in_save if injector.active else None)
+    meta = checkpointer.load_latest(engine)
+    state = TrainState.from_meta(meta) if meta else TrainState()
     if world.is_main and meta:
-        print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}", flush=True)
+        rng = "" if meta["rng_restored"] else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
+        print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}{rng}", flush=True)
     spec = StreamSpec(cfg.train.global_batch_size, cfg.train.micro_batch_size, world.dp_rank, world.dp_size,
                       cfg.train.seed, start_sample=state.consumed_samples)
     loader = train_loader(cfg.data.path, spec, cfg.data.num_workers, pin_memory=world.device.type == "cuda")
+    t = cfg.train
+    guard = NonFiniteGuard(engine, world.device, check_grads=t.precision != "fp16", nan_steps=inject.nan_steps(),
+                           inject_rank=world.rank == 0)
     callbacks = [
         EvalCallback(ShardReader(manifest, "val"), cfg.eval.every, cfg.eval.batches),  # before metrics: logs val_loss
-        MetricsLogger(run_dir, cfg.log.every, cfg.log.tensorboard),
+        HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
+        MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
-        CheckpointCallback(Checkpointer(run_dir, world.is_main), cfg.checkpoint.every, cfg.checkpoint.save_final,
-                           describe, dump_yaml(cfg), run_dir / "tokenizer"),
+        CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final, describe, dump_yaml(cfg),
+                           run_dir / "tokenizer"),
     ]
-    trainer = Trainer(cfg, world, engine, iter(loader), state, callbacks)
+    if t.watchdog_timeout_s:  # after the checkpoint callback: its on_train_end (the final save) is guarded too
+        callbacks.append(Watchdog(t.watchdog_timeout_s, run_dir, world.rank))
+    callbacks.append(injector)  # testing aids (inject.py): no-ops unless their environment variables are set
+    trainer = Trainer(cfg, world, engine, iter(loader), state, callbacks, guard)
     trainer.fit()
     return trainer

@@ -47,3 +47,14 @@ class SignalStop(Callback):
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_stop_signals() -> None:
+    """Once a rank's work is saved and it is about to exit, a late SIGTERM must not change its status.
+
+    Python resets its own handlers to the default (terminate) while the interpreter shuts down, so
+    torchrun's SIGTERM to the ranks still exiting (sent as soon as the first rank exits non-zero,
+    e.g. with 75) would turn their status into -15. ``SIG_IGN`` survives the shutdown.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -1,8 +1,16 @@
-"""One optimizer step: ``accum`` micro-batches of forward/backward, then DeepSpeed's update."""
+"""One optimizer step: ``accum`` micro-batches of forward/backward, then DeepSpeed's update.
+
+Fetching (the loop in :func:`train_step`) and the update (:func:`update`) are separate: the update
+first agrees on the loss and on numerical faults across ranks (``guard``, see faults.py), and only
+then lets DeepSpeed step at the accumulation boundary, with the optimizer gated shut if any rank
+saw a non-finite value.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -13,29 +21,50 @@ from megatron.core import parallel_state
 
 @dataclass
 class StepResult:
-    loss: float  # mean next-token loss over the global batch
-    grad_norm: float | None  # global gradient norm before clipping
-    lr: float
+    loss: float  # mean next-token loss over the global batch (may be nan/inf on a skipped step)
+    grad_norm: float | None  # global gradient norm before clipping (None: not finite / not computed)
+    lr: float  # learning rate applied in this step
     data_wait: float  # seconds spent waiting for batches
     step_time: float  # wall seconds of the whole step
+    skipped: bool = False  # the optimizer update was skipped
+    nonfinite: str | None = None  # why: "loss", "grad" (seen by bigtrain), "grad_norm" (DeepSpeed), "loss_scale" (fp16)
 
 
-def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device) -> StepResult:
+def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None) -> StepResult:
     start = time.perf_counter()
     data_wait = 0.0
     total = torch.zeros((), device=device)
-    for _ in range(accum):
+    for i in range(accum):
         t0 = time.perf_counter()
         tokens = next(batches).to(device, non_blocking=True)  # (M, T+1)
         data_wait += time.perf_counter() - t0
-        losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T) fp32
-        loss = losses.mean()
-        engine.backward(loss)
-        engine.step()  # DeepSpeed updates only at the accumulation boundary
-        total += loss.detach()
-    mean = total / accum
+        total += forward_backward(engine, tokens, guard if i == 0 else None)
+        if i < accum - 1:
+            engine.step()  # not a boundary: DeepSpeed only counts the micro-step
+    return update(engine, total / accum, guard, data_wait, start)
+
+
+def forward_backward(engine, tokens: torch.Tensor, guard=None) -> torch.Tensor:
+    losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T) fp32
+    loss = losses.mean()
+    if guard is not None:
+        loss = guard.inject(loss)  # testing aid: BIGTRAIN_INJECT_NAN_STEPS (no-op otherwise)
+    engine.backward(loss)
+    return loss.detach()
+
+
+def update(engine, mean: torch.Tensor, guard, data_wait: float, start: float) -> StepResult:
+    """Average the loss over data-parallel ranks, agree on faults, then DeepSpeed's boundary step."""
     dist.all_reduce(mean, group=parallel_state.get_data_parallel_group())
     mean /= parallel_state.get_data_parallel_world_size()
+    lr = engine.get_lr()[0]  # before the step: the rate this update uses
+    fault = guard.agree(mean) if guard is not None else None
+    ds_skipped_before = engine.skipped_steps
+    with guard.gate(skip=fault is not None) if guard is not None else nullcontext():
+        engine.step()
+    if fault is None and engine.skipped_steps > ds_skipped_before:
+        fault = "loss_scale" if engine.fp16_enabled() else "grad_norm"  # DeepSpeed saw an overflow
     norm = engine.get_global_grad_norm()
-    return StepResult(loss=mean.item(), grad_norm=None if norm is None else float(norm),
-                      lr=engine.get_lr()[0], data_wait=data_wait, step_time=time.perf_counter() - start)
+    norm = None if norm is None or not math.isfinite(float(norm)) else float(norm)
+    return StepResult(loss=mean.item(), grad_norm=norm, lr=lr, data_wait=data_wait,
+                      step_time=time.perf_counter() - start, skipped=fault is not None, nonfinite=fault)
