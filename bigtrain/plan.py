@@ -4,9 +4,10 @@
 
 Memory per GPU, in bytes (P = parameters held by one tensor-parallel rank, d = data-parallel size):
 
-- parameters:  w * P,   w = 4 (fp32) or 2 (bf16);             ZeRO-3 divides by d
-- gradients:   4 * P    (fp32 grads; bf16 runs accumulate in fp32: ds_configs/bf16.json);  ZeRO-2/3: / d
-- optimizer:   AdamW m + v = 8 * P, plus the fp32 master copy 4 * P under bf16;  ZeRO-1/2/3: / d;
+- parameters:  w * P,   w = 4 (fp32) or 2 (bf16, fp16);       ZeRO-3 divides by d
+- gradients:   4 * P (fp32; bf16 accumulates in fp32, ds_configs/bf16.json), 2 * P (fp16; bf16 without
+               ZeRO, where DeepSpeed accumulates in bf16);  ZeRO-2/3: / d
+- optimizer:   AdamW m + v = 8 * P, plus the fp32 master copy 4 * P under bf16/fp16;  ZeRO-1/2/3: / d;
                0 on the GPU with parallel.cpu_offload (and ZeRO-3 parameters then live on the CPU too)
 - activations: what autograd saves for one micro batch (b sequences of s tokens), per token:
       per block   2 * (4h + 2ah + 4)                          two RMSNorms: fp32 input, normed, linear input
@@ -14,7 +15,7 @@ Memory per GPU, in bytes (P = parameters held by one tensor-parallel rank, d = d
                                                               fp32 log-sum-exp (SDPA/flash: no s x s scores)
                 + 4a * F / t                                  SwiGLU: [gate; up], silu(gate), product
       output      4h + 2ah + 4 + 4 * V / t + 17               final norm, fp32 softmax of the logits, ids
-  (a = 4 fp32 / 2 bf16, h hidden, D head dim, F ffn size, V padded vocab, t TP; no sequence parallel,
+  (a = 4 fp32 / 2 bf16 or fp16, h hidden, D head dim, F ffn size, V padded vocab, t TP; no sequence parallel,
   no activation checkpointing), times b * s, plus the fp32 RoPE cos/sin cache 8 * D * s, the padding
   mask V / t (if the vocabulary is padded) and the fp32 logits gradient 4 * b * s * V / t of backward;
 - buffers:     ZeRO's communication buckets: min(bucket, P) * (4 + w) (parallel.bucket_size, 5e8 on GPU),
@@ -135,12 +136,13 @@ def resolve_vocab(cfg: Config) -> tuple[int, str | None]:
 def memory(cfg: Config, params: ParamCounts, dp: int, vocab: int, vocab_padded: int, reserve_gb: float) -> dict[str, int]:
     """Bytes per GPU by kind; see the module docstring for each formula."""
     p, m, t = cfg.parallel, cfg.model, cfg.train
-    w = 2 if t.precision == "bf16" else 4
+    w = 4 if t.precision == "fp32" else 2
     n, stage = params.per_tp_rank, p.zero_stage
+    grad = 2 if t.precision == "fp16" or (t.precision == "bf16" and stage == 0) else 4
     optimizer = (8 + (4 if w == 2 else 0)) * n
     mem = {
         "parameters": w * n // (dp if stage == 3 else 1),
-        "gradients": 4 * n // (dp if stage >= 2 else 1),
+        "gradients": grad * n // (dp if stage >= 2 else 1),
         "optimizer": 0 if p.cpu_offload else optimizer // (dp if stage >= 1 else 1),
     }
     if p.cpu_offload and stage == 3:

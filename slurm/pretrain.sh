@@ -14,7 +14,8 @@
 # Lifecycle: SLURM sends USR1 to every task 5 minutes before the time limit (and on preemption, with
 # SlurmctldParameters=preempt_send_user_signal). The ranks agree to stop after the current step, save
 # a checkpoint and exit 75; this script then requeues the job, which resumes from that checkpoint in
-# run.dir. A finished run exits 0 and is not requeued; any other failure is not requeued either.
+# run.dir. A finished run exits 0 and is not requeued; nor is any failure: 2 bad config, 3 diverged
+# (non-finite steps), 4 hang watchdog (see <run.dir>/hangs/; resubmit to resume from the last checkpoint).
 # At most BIGTRAIN_MAX_REQUEUES (default 20) restarts, counting preemptions and node failures.
 # Logs: %x-%j.out in the submit directory (one file per job, appended across requeues).
 #

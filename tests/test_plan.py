@@ -65,6 +65,10 @@ def test_precision_stage_and_offload_change_memory_as_stated():
     assert (zero1["parameters"], zero1["gradients"], zero1["optimizer"]) == (4 * n, 4 * n, 8 * n // 2)
     zero0 = plan_of("parallel.zero_stage=0").memory_bytes
     assert zero0["optimizer"] == 8 * n
+    fp16 = plan_of("train.precision=fp16").memory_bytes
+    assert (fp16["parameters"], fp16["gradients"], fp16["optimizer"]) == (2 * n // 2, 2 * n // 2, 12 * n // 2)
+    bf16_zero0 = plan_of("train.precision=bf16", "parallel.zero_stage=0").memory_bytes  # DeepSpeed: bf16 accumulation
+    assert (bf16_zero0["parameters"], bf16_zero0["gradients"], bf16_zero0["optimizer"]) == (2 * n, 2 * n, 12 * n)
     offload = plan_of("parallel.cpu_offload=true").memory_bytes
     assert offload["optimizer"] == 0 and offload["parameters"] == 0
 

@@ -13,6 +13,8 @@ Timeout and preemption (submitit's signal, USR2 by default, arrives in every tas
 
 A stop caused only by SIGTERM (``scancel``, or a preemption without the user signal) saves the
 checkpoint but does not requeue: cancelling stays cancelling, and SLURM requeues preemptions itself.
+A run stopped by a fault (``trainer.failed``: non-finite steps) fails the job; so does the hang
+watchdog (its ranks exit with status 4 and write no result).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
         sig = submitit_signal()
         submitit_handler = signal.getsignal(sig)  # installed by submitit before calling us
         trainer = pretrain(load_config(self.config, self.overrides))
+        if trainer.failed:  # e.g. too many non-finite steps in a row: a requeue would fail the same way
+            raise RuntimeError(f"training stopped at step {trainer.state.step}: {trainer.stop_reason}")
         if trainer.requeue:
             self.hand_over(trainer, env, sig, submitit_handler)
         return summary(trainer)
