@@ -15,7 +15,7 @@ from pathlib import Path
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from bigtrain.pretrain import main
 
-    sys.exit(main(["--config", args.config, *args.overrides]))
+    sys.exit(main((["--config", args.config] if args.config else []) + args.overrides))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -45,8 +45,21 @@ def cmd_data_corpus(args: argparse.Namespace) -> None:
 def cmd_convert_to_hf(args: argparse.Namespace) -> None:
     from bigtrain.convert.to_hf import to_hf
 
-    out = to_hf(args.src, Path(args.out), dtype=args.dtype)
-    print(f"Hugging Face model written to {out}")
+    def report(diff: float) -> None:
+        print(f"parity check passed: transformers' LlamaForCausalLM matches bigtrain's logits "
+              f"(max |diff| {diff:.2e} <= {args.tolerance:g})")
+
+    out = to_hf(args.src, Path(args.out), dtype=args.dtype, check=not args.no_check, tolerance=args.tolerance,
+                report=report)
+    print(f"Hugging Face model written to {out}" + (" (parity check skipped: --no-check)" if args.no_check else ""))
+
+
+def cmd_convert_from_hf(args: argparse.Namespace) -> None:
+    from bigtrain.convert.from_hf import from_hf
+
+    out = from_hf(Path(args.hf_dir), Path(args.out), args.tensor_parallel, seq_len=args.seq_len)
+    print(f"bigtrain run directory written to {out} (weights only, TP={args.tensor_parallel}); continue pretraining "
+          f"with: pretrain.py run.dir={out} data.path=SHARDS (shards made with --tokenizer {out / 'tokenizer'})")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -124,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="run pretraining in this process (one rank; use deepspeed/torchrun for more)")
-    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("--config", default=None,
+                   help="recipe name or YAML path (default: <run.dir>/config.yaml if it exists, else debug)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_pretrain)
 
@@ -155,8 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the parity check (by default transformers' model must reproduce bigtrain's logits on a "
+                        "fixed probe; it loads one model at a time: 4 bytes/parameter)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| the check accepts (default 1e-4)")
     p.set_defaults(func=cmd_convert_to_hf)
+
+    p = conv.add_parser("from-hf", help="import a Hugging Face Llama folder as a bigtrain run directory")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT_DIR", help="new run directory (for eval, generate, pretrain.py run.dir=OUT_DIR)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="TP size of the written shards (pretraining "
+                   "reshards to its own TP anyway)")
+    p.add_argument("--seq-len", type=int, default=None, help="model.seq_len of the run (default: max_position_embeddings)")
+    p.set_defaults(func=cmd_convert_from_hf)
 
     p = sub.add_parser("eval", help="loss of a checkpoint on a text file (one document, BOS, windows of --seq-len)")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")

@@ -7,7 +7,8 @@ Usage (one process per GPU; on a CPU-only machine the ranks use gloo automatical
     torchrun --nproc_per_node 4 bigtrain/pretrain.py --config my_recipe.yaml run.dir=runs/exp1
     bigtrain pretrain --config debug                                  # same, as one process
 
-``--config`` takes a recipe name (``bigtrain config recipes`` lists them) or a YAML path; every
+``--config`` takes a recipe name (``bigtrain config recipes`` lists them) or a YAML path (default:
+``<run.dir>/config.yaml`` when ``run.dir=...`` names a run that has one, else ``debug``); every
 further ``key=value`` overrides a dotted config key (``bigtrain config keys`` lists them). With no
 ``--config`` the debug recipe runs on the embedded default corpus (Python's own docstrings), which is
 tokenized and sharded into ``~/.cache/bigtrain`` on first use. Restarting the same command on the
@@ -33,14 +34,23 @@ if __package__ in (None, ""):  # run as a script (deepspeed/torchrun): import bi
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pretrain.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    parser.add_argument("--config", default=None, help="recipe name or YAML path (default: the config.yaml of the "
+                        "run named by run.dir=..., if it has one, e.g. after `bigtrain convert from-hf`; else debug)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
+def default_config(overrides: list[str]) -> str:
+    """``<run.dir>/config.yaml`` when the overrides name a run directory that has one, else "debug"."""
+    dirs = [o.split("=", 1)[1] for o in overrides if o.removeprefix("--").startswith("run.dir=")]
+    saved = Path(dirs[-1]) / "config.yaml" if dirs else None
+    return str(saved) if saved is not None and saved.is_file() else "debug"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.config = args.config or default_config(args.overrides)
     from bigtrain.config.load import load_config
     from bigtrain.errors import UserError
 

@@ -1,9 +1,10 @@
 """Reading DeepSpeed checkpoints, the HF export, and single-process eval/generate, on real checkpoints.
 
-The checkpoints come from real short training runs (tests/train_tiny.py: ``build_engine`` +
-``Checkpointer`` on random tokens) on 4 gloo ranks (TP=2 x DP=2) and on 2 ranks (TP=2 x DP=1). Each
-run also saves the logits of its trained, still TP-sharded model (``reference_logits.pt``): the
-ground truth every conversion must reproduce. Tolerance for fp32: max |logit diff| <= 1e-4.
+The checkpoints come from real short training runs (tests/tiny_runs.py: tests/train_tiny.py with
+``build_engine`` + ``Checkpointer`` on random tokens) on 4 gloo ranks (TP=2 x DP=2) and on 2 ranks
+(TP=2 x DP=1). Each run also saves the logits of its trained, still TP-sharded model
+(``reference_logits.pt``): the ground truth every conversion must reproduce. Tolerance for fp32:
+max |logit diff| <= 1e-4. The full layout matrix is in tests/test_convert_matrix.py.
 """
 
 from __future__ import annotations
@@ -13,71 +14,27 @@ import math
 import os
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from launch import run_ranks  # noqa: E402
 
 from bigtrain.checkpoint.manager import CheckpointError, read_meta, resolve_checkpoint  # noqa: E402
 
+from tiny_runs import VOCAB, trained_runs  # noqa: E402
+
 ATOL = 1e-4
-VOCAB = 300  # padded to 384 rows: the export must drop the padding
 TEXT = Path(__file__).read_text()[:3000]  # some real text to evaluate on
-
-# name -> (ranks, overrides). All: TP=2, 4 heads, 2 KV heads (GQA), 2 layers, seq_len 32.
-RUNS = {
-    "z3_tied": (4, ["parallel.zero_stage=3"]),
-    "z2_untied": (4, ["parallel.zero_stage=2", "model.tie_embeddings=false"]),
-    "z1_bf16": (4, ["parallel.zero_stage=1", "train.precision=bf16", "model.tie_embeddings=false"]),
-    "z0_tied": (4, ["parallel.zero_stage=0"]),
-    "z3_dp1_untied": (2, ["parallel.zero_stage=3", "model.tie_embeddings=false"]),
-}
-FP32_RUNS = ["z3_tied", "z2_untied", "z0_tied", "z3_dp1_untied"]
-
-
-def make_tokenizer(out: Path) -> Path:
-    """A small byte-level BPE tokenizer in HF format (<unk>=0, <s>=1, </s>=2), 300 tokens."""
-    import pydoc_data.topics
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(pydoc_data.topics.topics.values())[:200], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    assert len(fast) == VOCAB
-    fast.save_pretrained(out)
-    return out
+# the runs these tests use (tests/tiny_runs.py): GQA (4 heads, 2 KV heads), 2 layers, seq_len 32
+Z3_TIED, Z1_BF16 = "tp2_z3_tied_gqa_fp32", "tp2_z1_untied_gqa_bf16"
+FP32_RUNS = [Z3_TIED, "z2_untied", "z0_tied", "z3_dp1_untied"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("convert")
-    tok = make_tokenizer(root / "tokenizer")
-
-    def launch(nprocs: int):
-        names = [n for n, (ranks, _) in RUNS.items() if ranks == nprocs]
-        args = ["--tokenizer", tok, "--vocab-size", VOCAB]
-        for name in names:
-            args += [root / name, *RUNS[name][1], "--"]
-        return run_ranks("tests/train_tiny.py", nprocs, args, timeout=240, check=False)
-
-    with ThreadPoolExecutor(2) as pool:  # the two launches overlap their start-up
-        procs = list(pool.map(launch, [4, 2]))
-    # A rank can abort at exit after its work is done (FACTS.md): judge by the files it wrote.
-    for name in RUNS:
-        if not (root / name / "reference_logits.pt").exists():
-            proc = procs[0] if RUNS[name][0] == 4 else procs[1]
-            pytest.fail(f"run {name} wrote no checkpoint:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return {name: root / name for name in RUNS}
+    return trained_runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,9 +76,9 @@ def offline(monkeypatch):
 def test_zero3_checkpoint_is_partitioned_over_data_parallel_ranks(runs):
     from bigtrain.convert.zero_reader import load_file
 
-    ds_config = json.loads((runs["z3_tied"] / "ds_config.json").read_text())
+    ds_config = json.loads((runs[Z3_TIED] / "ds_config.json").read_text())
     assert ds_config["zero_optimization"]["stage3_param_persistence_threshold"] == 0
-    folder = resolve_checkpoint(runs["z3_tied"])
+    folder = resolve_checkpoint(runs[Z3_TIED])
     for tp in range(2):
         model_states = load_file(folder / f"zero_pp_rank_0_mp_rank_{tp:02d}_model_states.pt")
         assert all(t.numel() == 0 for t in model_states["module"].values() if torch.is_tensor(t))
@@ -136,7 +93,7 @@ def test_zero3_checkpoint_is_partitioned_over_data_parallel_ranks(runs):
 def test_reader_returns_fp32_tp_shards_without_extra_state(runs):
     from bigtrain.convert.zero_reader import read_tp_shards
 
-    folder = resolve_checkpoint(runs["z1_bf16"])
+    folder = resolve_checkpoint(runs[Z1_BF16])
     shards = read_tp_shards(folder, read_meta(folder))
     assert len(shards) == 2
     for shard in shards:
@@ -159,7 +116,7 @@ def test_hf_export_reproduces_the_trained_model(runs, name, tmp_path, offline):
     hf = hf_model(out)
     cfg = hf.config
     assert (cfg.vocab_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (VOCAB, 4, 2)
-    assert cfg.tie_word_embeddings == (name.endswith("_tied")) and cfg.max_position_embeddings == 32
+    assert cfg.tie_word_embeddings == ("_tied" in name) and cfg.max_position_embeddings == 32
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (cfg.bos_token_id, cfg.eos_token_id) == (1, 2)
     assert tokenizer.model_max_length == 32
@@ -177,10 +134,10 @@ def test_hf_export_reproduces_the_trained_model(runs, name, tmp_path, offline):
 def test_bf16_training_and_bf16_export(runs, tmp_path, offline):
     from bigtrain.convert.load import load_model
 
-    ref = torch.load(runs["z1_bf16"] / "reference_logits.pt")
-    model, _ = load_model(runs["z1_bf16"])
-    fp32 = hf_model(export(runs["z1_bf16"], tmp_path / "fp32"))
-    bf16_dir = export(runs["z1_bf16"], tmp_path / "bf16", dtype="bf16")
+    ref = torch.load(runs[Z1_BF16] / "reference_logits.pt")
+    model, _ = load_model(runs[Z1_BF16])
+    fp32 = hf_model(export(runs[Z1_BF16], tmp_path / "fp32"))
+    bf16_dir = export(runs[Z1_BF16], tmp_path / "bf16", dtype="bf16")
     bf16 = hf_model(bf16_dir)
     assert bf16.dtype == torch.bfloat16 and json.loads((bf16_dir / "config.json").read_text())["dtype"] == "bfloat16"
     with torch.no_grad():
@@ -199,7 +156,7 @@ def hf_greedy_cropped(hf, ids: list[int], n: int, seq_len: int) -> list[int]:
     return ids[-n:]
 
 
-@pytest.mark.parametrize("name", ["z3_tied", "z3_dp1_untied"])
+@pytest.mark.parametrize("name", [Z3_TIED, "z3_dp1_untied"])
 def test_greedy_generation_agrees_with_hf(runs, name, tmp_path, offline):
     from bigtrain.convert.load import encode_document, load_model, load_tokenizer
     from bigtrain.generate import generate, greedy_tokens
@@ -224,21 +181,19 @@ def test_greedy_generation_agrees_with_hf(runs, name, tmp_path, offline):
     assert text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def hf_window_loss(hf, ids: list[int], seq_len: int) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for i in range(0, len(ids), seq_len):
-        window = torch.tensor(ids[i:i + seq_len])
-        if len(window) < 2:
-            continue
-        with torch.no_grad():
-            logits = hf(window[None]).logits[0, :-1].float()
-        total += F.cross_entropy(logits, window[1:], reduction="sum").item()
-        count += len(window) - 1
-    return total / count, count
+def hf_perplexity_tool():
+    """tools/hf_perplexity.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hf_perplexity", Path(__file__).parents[1] / "tools" / "hf_perplexity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.parametrize("name", ["z3_tied", "z2_untied"])
-def test_evaluate_matches_hf_loss(runs, name, tmp_path, offline):
+@pytest.mark.parametrize("name", [Z3_TIED, "z2_untied"])
+def test_evaluate_matches_hf_perplexity_tool(runs, name, tmp_path, offline):
+    """`bigtrain eval` on the checkpoint == tools/hf_perplexity.py on its export (same windowing contract)."""
     from transformers import AutoTokenizer
 
     from bigtrain.evaluate import evaluate
@@ -248,18 +203,19 @@ def test_evaluate_matches_hf_loss(runs, name, tmp_path, offline):
     out = export(runs[name], tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = [tokenizer.bos_token_id] + tokenizer.encode(TEXT, add_special_tokens=False)
+    tool = hf_perplexity_tool()
     for seq_len in (32, 20):  # 20: more windows, a different last partial window
         result = evaluate(runs[name], text_file, seq_len)
-        loss, count = hf_window_loss(hf_model(out), ids, seq_len)
-        assert result["tokens"] == count == len(ids) - math.ceil(len(ids) / seq_len)  # each window: len - 1
-        assert abs(result["loss"] - loss) <= ATOL
-        assert 4.0 < loss < 7.0  # near log(300) = 5.7 after two steps on random tokens
+        theirs = tool.perplexity(out, TEXT, seq_len)
+        assert result["tokens"] == theirs["tokens"] == len(ids) - math.ceil(len(ids) / seq_len)  # window: len - 1
+        assert abs(result["loss"] - theirs["loss"]) <= ATOL
+        assert 4.0 < theirs["loss"] < 7.0  # near log(300) = 5.7 after two steps on random tokens
 
 
 def test_sharded_export_loads(runs, tmp_path, offline, monkeypatch):
     import bigtrain.convert.to_hf as to_hf_module
 
-    monkeypatch.setattr(to_hf_module, "MAX_SHARD_SIZE", "100KB")
+    monkeypatch.setattr(to_hf_module, "MAX_SHARD_BYTES", 100_000)
     out = export(runs["z2_untied"], tmp_path / "hf")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
@@ -279,7 +235,7 @@ def copy_checkpoint(run: Path, dst: Path) -> Path:
 def test_missing_rank_file_is_named(runs, tmp_path):
     from bigtrain.convert.load import load_model
 
-    ckpt = copy_checkpoint(runs["z3_tied"], tmp_path / "ckpt")
+    ckpt = copy_checkpoint(runs[Z3_TIED], tmp_path / "ckpt")
     (ckpt / "zero_pp_rank_1_mp_rank_01_optim_states.pt").unlink()
     for convert in (lambda: export(ckpt, tmp_path / "hf"), lambda: load_model(ckpt)):
         with pytest.raises(CheckpointError, match=r"data_parallel=2.*zero_pp_rank_1_mp_rank_01_optim_states\.pt"):

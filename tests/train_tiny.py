@@ -1,18 +1,21 @@
 """Train tiny models for a few steps on random tokens and save real bigtrain checkpoints (one rank).
 
     torchrun --nproc_per_node 4 tests/train_tiny.py --tokenizer DIR --vocab-size 300 \
-        OUT_A parallel.zero_stage=3 -- OUT_B parallel.zero_stage=2 model.tie_embeddings=false
+        OUT_A parallel.zero_stage=3 -- OUT_B parallel.zero_stage=2 parallel.tensor_parallel=1 \
+        -- OUT_C parallel.zero_stage=1 parallel.tensor_parallel=4 from=OUT_A
 
 Each ``RUN_DIR key=value ...`` group (separated by ``--``) is one run: the engine is built with the
 real ``build_engine`` and saved with the real ``Checkpointer``; all runs share this process group, so
-one launch of the ranks (the slow part on CPU) makes several checkpoints. The data pipeline is not
-needed: batches are random tokens drawn from ``train.seed``.
+one launch of the ranks (the slow part on CPU) makes several checkpoints. Each run may use its own
+``parallel.tensor_parallel`` (megatron's groups are rebuilt; DP = ranks / TP). The data pipeline is
+not needed: batches are random tokens drawn from ``train.seed``. A run with ``from=CHECKPOINT`` does
+not train: it loads CHECKPOINT (any layout) with bigtrain/checkpoint/reshard.py and saves it again
+at its own layout, unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,7 +33,7 @@ from bigtrain.train.step import train_step
 
 BASE = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
         "model.ffn_hidden_size=96", "model.seq_len=32", "parallel.tensor_parallel=2",
-        "train.global_batch_size=4", "train.micro_batch_size=2", "train.warmup_steps=1", "train.steps=2",
+        "train.global_batch_size=8", "train.micro_batch_size=2", "train.warmup_steps=1", "train.steps=2",
         "train.lr=1e-2"]
 REFERENCE = "reference_logits.pt"
 
@@ -59,9 +62,36 @@ def meta_for(cfg, world, step: int) -> dict:
     }
 
 
-def train_one(run_dir: Path, overrides: list[str], vocab_size: int, tokenizer: Path | None, world) -> None:
-    cfg = load_config(None, [*BASE, f"model.vocab_size={vocab_size}", f"run.dir={run_dir}", *overrides])
-    cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, tensor_parallel=world.tp_size))
+def world_with_tp(tp: int):
+    """This process group with megatron's TP/DP groups for tensor-parallel size ``tp``."""
+    if parallel_state.model_parallel_is_initialized() and parallel_state.get_tensor_model_parallel_world_size() != tp:
+        parallel_state.destroy_model_parallel()
+    return init_world(tp, "gloo")
+
+
+def reshard_one(run_dir: Path, cfg, source: Path, vocab_size: int, tokenizer: Path | None, world) -> None:
+    """Load ``source`` into an engine of this run's layout and save it as is."""
+    from bigtrain.checkpoint.reshard import load_into_engine
+    from bigtrain.convert.source import Checkpoint
+
+    engine, _ = build_engine(cfg, world, vocab_size)
+    ckpt = Checkpoint.open(source)
+    step = load_into_engine(engine, ckpt, world.tp_size, world.tp_rank)
+    Checkpointer(run_dir, world.is_main).save(engine, meta_for(cfg, world, ckpt.meta["step"]), dump_yaml(cfg), tokenizer)
+    if world.is_main:
+        print(f"{run_dir.name} resharded {source} at Adam step {step}", flush=True)
+    engine.destroy()
+    dist.barrier()
+
+
+def train_one(run_dir: Path, overrides: list[str], vocab_size: int, tokenizer: Path | None, default_tp: int) -> None:
+    source = [o.split("=", 1)[1] for o in overrides if o.startswith("from=")]
+    overrides = [o for o in overrides if not o.startswith("from=")]
+    cfg = load_config(None, [*BASE, f"parallel.tensor_parallel={default_tp}", f"model.vocab_size={vocab_size}",
+                             f"run.dir={run_dir}", *overrides])
+    world = world_with_tp(cfg.parallel.tensor_parallel)
+    if source:
+        return reshard_one(run_dir, cfg, Path(source[0]), vocab_size, tokenizer, world)
     engine, ds_config = build_engine(cfg, world, vocab_size)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,10 +144,10 @@ def parse(argv: list[str]):
 
 def main(argv: list[str]) -> None:
     args, runs = parse(argv)
-    world = init_world(args.tensor_parallel, "gloo")
+    init_world(args.tensor_parallel, "gloo")
     try:
         for run_dir, overrides in runs:
-            train_one(run_dir, overrides, args.vocab_size, args.tokenizer, world)
+            train_one(run_dir, overrides, args.vocab_size, args.tokenizer, args.tensor_parallel)
     finally:
         destroy_world()
 

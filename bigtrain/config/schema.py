@@ -92,6 +92,8 @@ class CheckpointConfig:
     keep: int = doc(0, "Keep only the last K complete checkpoints (older ones are deleted after a new one is "
                     "complete); 0 = keep all.")
     keep_every: int = doc(0, "Also keep forever every checkpoint whose step is a multiple of M (with keep > 0); 0 = none.")
+    init_from: str = doc("", "Start a new run from the weights of this run dir or checkpoint (any layout; fresh "
+                             "optimizer, step 0). Ignored once run.dir has a checkpoint of its own.")
 
 
 @dataclass

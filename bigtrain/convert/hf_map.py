@@ -74,3 +74,14 @@ def hf_config(model: ModelConfig, vocab_size: int, bos_token_id: int | None, eos
         dtype=dtype,
         architectures=["LlamaForCausalLM"],
     )
+
+
+def bigtrain_names(cfg: ModelConfig) -> list[str]:
+    """bigtrain's parameter names for ``cfg``, in the model's order (layer by layer)."""
+    per_layer = [p for p in KEY_MAP if "{layer}" in p]
+    names = ["embed.weight"]
+    names += [p.format(layer=i) for i in range(cfg.num_layers) for p in per_layer]
+    names.append("norm.weight")
+    if not cfg.tie_embeddings:
+        names.append("lm_head.weight")
+    return names

@@ -8,41 +8,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from torch import Tensor
+import torch
 
-from bigtrain.checkpoint.manager import CheckpointError, read_meta, resolve_checkpoint
-from bigtrain.config.load import ConfigError, from_dict
+from bigtrain.checkpoint.manager import CheckpointError
 from bigtrain.config.schema import Config, ModelConfig
-from bigtrain.convert.layout import merge_tp, pad_vocab
-from bigtrain.convert.zero_reader import read_tp_shards
+from bigtrain.convert.source import Checkpoint, model_config  # noqa: F401  (model_config: re-exported)
 from bigtrain.model.llama import LlamaModel, padded_vocab_size
 
 TOKENIZER_DIR = "tokenizer"
 
 
-META_KEYS = ("tensor_parallel", "data_parallel", "zero_stage", "precision", "vocab_size", "model")
-
-
 def open_checkpoint(src: str | Path) -> tuple[Path, dict]:
-    """A run dir or checkpoint folder -> (checkpoint folder, its meta.json)."""
-    folder = resolve_checkpoint(src)
-    meta = read_meta(folder)
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(f"{folder / 'meta.json'} lacks {', '.join(missing)}: cannot tell how the weights are laid out")
-    return folder, meta
-
-
-def model_config(meta: dict) -> ModelConfig:
-    try:
-        return from_dict(ModelConfig, meta["model"], prefix="model.")
-    except (ConfigError, KeyError) as exc:
-        raise CheckpointError(f"meta.json: cannot rebuild the model config: {exc}") from exc
-
-
-def merged_state_dict(folder: Path, meta: dict) -> dict[str, Tensor]:
-    """The fp32 weights at TP=1 (bigtrain names, the checkpoint's padded vocabulary)."""
-    return merge_tp(read_tp_shards(folder, meta))
+    """A run dir or checkpoint folder -> (checkpoint folder, its meta.json), checked complete."""
+    ckpt = Checkpoint.open(src)
+    return ckpt.folder, ckpt.meta
 
 
 def single_process_world():
@@ -64,27 +43,33 @@ def build_model(cfg: ModelConfig, vocab_size: int, world) -> LlamaModel:
     return LlamaModel(cfg, vocab_size, tp)
 
 
-def load_model(src: str | Path) -> tuple[LlamaModel, dict]:
-    """A run dir or checkpoint folder -> (LlamaModel at TP=1, fp32, eval mode, the checkpoint's meta)."""
-    folder, meta = open_checkpoint(src)
-    cfg = model_config(meta)
-    state = merged_state_dict(folder, meta)
+def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = None) -> tuple[LlamaModel, dict]:
+    """A run dir or checkpoint -> (LlamaModel at TP=1, fp32, eval mode, the checkpoint's meta).
+
+    Reads one parameter at a time straight into the model (one copy of the weights in memory).
+    ``weight_dtype`` rounds every weight through that dtype (still computing in fp32): the model a
+    bf16 export holds.
+    """
+    ckpt = src if isinstance(src, Checkpoint) else Checkpoint.open(src)
+    cfg, vocab = ckpt.cfg, ckpt.vocab_size
     world = single_process_world()
-    vocab = meta["vocab_size"]
-    padded = padded_vocab_size(vocab, cfg.vocab_pad_multiple, 1)
-    for name in ("embed.weight", "lm_head.weight"):
-        if name in state:
-            state[name] = pad_vocab(state[name], padded)
     model = build_model(cfg, vocab, world)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # no second copy
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{folder}: weights do not match the model in meta.json: {exc}") from exc
-    missing = [k for k in missing if not k.endswith("_extra_state")]
+    params = dict(model.named_parameters())
+    names = ckpt.names()
+    missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))
     if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match the model in meta.json: "
+        raise CheckpointError(f"{ckpt.folder}: weights do not match the model in meta.json: "
                               f"missing {missing}, unexpected {unexpected}")
-    return model.eval(), meta
+    padded = padded_vocab_size(vocab, cfg.vocab_pad_multiple, 1)
+    for name in names:
+        tensor = ckpt.shard(name, "fp32", 1, 0, padded)
+        if tensor.shape != params[name].shape:
+            raise CheckpointError(f"{ckpt.folder}: {name} has shape {tuple(tensor.shape)}, the model in meta.json "
+                                  f"needs {tuple(params[name].shape)}")
+        if weight_dtype is not None:
+            tensor = tensor.to(weight_dtype).float()
+        params[name].data = tensor
+    return model.eval(), ckpt.meta
 
 
 def tokenizer_dir(folder: Path) -> Path:

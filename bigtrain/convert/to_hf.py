@@ -1,11 +1,21 @@
-"""Export a bigtrain checkpoint as a Hugging Face ``LlamaForCausalLM`` folder.
+"""Export a bigtrain checkpoint as a Hugging Face ``LlamaForCausalLM`` folder, checked by transformers.
 
-    bigtrain convert to-hf runs/exp1 hf/exp1 [--dtype bf16]
+    bigtrain convert to-hf runs/exp1 hf/exp1 [--dtype bf16] [--no-check]
 
 Writes ``config.json``, ``generation_config.json``, ``model.safetensors`` (or shards of at most
-``MAX_SHARD_SIZE`` with ``model.safetensors.index.json``) and the tokenizer files saved with the
+``MAX_SHARD_BYTES`` with ``model.safetensors.index.json``) and the tokenizer files saved with the
 checkpoint, so ``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``
-work offline. The folder is built next to ``out`` and renamed into place when complete.
+work offline. Any layout bigtrain trains converts: TP size, ZeRO stage, fp32/bf16 training (the fp32
+master weights are exported), tied or untied embeddings, GQA; the vocabulary padding is dropped.
+
+Memory: one parameter at a time is read (memory-mapped), merged over TP ranks, split into its HF
+tensors, cast and appended to the safetensors file (bigtrain/convert/safetensors_out.py), so the
+export itself holds about one parameter, never the model. The parity check afterwards
+(bigtrain/convert/parity.py) loads bigtrain's model and then transformers' one after the other:
+one fp32 copy of the model (4 bytes/parameter) at a time. ``--no-check`` skips it.
+
+The folder is built under a temporary name next to ``out`` and renamed only once written and
+checked: a failed or interrupted export never leaves a folder that looks valid.
 """
 
 from __future__ import annotations
@@ -18,32 +28,46 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from bigtrain.checkpoint.manager import CheckpointError
 from bigtrain.config.schema import ModelConfig
 from bigtrain.convert.hf_map import KEY_MAP, hf_config, hf_names
 from bigtrain.convert.layout import to_hf_parts
-from bigtrain.convert.load import merged_state_dict, model_config, open_checkpoint, tokenizer_dir
+from bigtrain.convert.load import tokenizer_dir
+from bigtrain.convert.parity import TOLERANCE, check_parity
+from bigtrain.convert.safetensors_out import Entry, SafetensorsWriter
+from bigtrain.convert.source import Checkpoint
 
 DTYPES = {"fp32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "bfloat16")}
-MAX_SHARD_SIZE = "2GB"
+MAX_SHARD_BYTES = 2 * 10**9  # Hugging Face's "2GB"
 
 
-def to_hf(src: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
-    """Convert the checkpoint at ``src`` (run dir or checkpoint folder) into ``out_dir``; returns it."""
+def to_hf(src: str | Path, out_dir: str | Path, dtype: str = "fp32", check: bool = True,
+          tolerance: float = TOLERANCE, report=None) -> Path:
+    """Convert the checkpoint at ``src`` (run dir or checkpoint folder) into ``out_dir``; returns it.
+
+    With ``check`` the result must reproduce bigtrain's logits within ``tolerance`` (ParityError
+    otherwise, and nothing is left at ``out_dir``); ``report(max_diff)`` receives the difference.
+    """
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out} already exists and is not an empty folder: choose a new output path")
-    folder, meta = open_checkpoint(src)
-    cfg = model_config(meta)
-    state = hf_state_dict(merged_state_dict(folder, meta), cfg, meta["vocab_size"], DTYPES[dtype][0])
+    ckpt = Checkpoint.open(src)
+    torch_dtype, dtype_name = DTYPES[dtype]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise survive the rename
     try:
-        write_folder(tmp, state, cfg, meta["vocab_size"], tokenizer_dir(folder), DTYPES[dtype][1])
+        write_weights(ckpt, tmp, torch_dtype)
+        write_config(ckpt, tmp, dtype_name)
+        if check:
+            diff = check_parity(ckpt, tmp, torch_dtype, tolerance)
+            if report is not None:
+                report(diff)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -53,21 +77,31 @@ def to_hf(src: str | Path, out_dir: str | Path, dtype: str = "fp32") -> Path:
     return out
 
 
-def hf_state_dict(state: dict[str, Tensor], cfg: ModelConfig, vocab_size: int, dtype: torch.dtype) -> dict[str, Tensor]:
-    """TP=1 bigtrain weights -> HF names and tensors. Consumes ``state`` (one copy of the model at a time)."""
-    out = {}
-    for name in list(state):
-        tensor = state.pop(name)
-        names, parts = hf_names(name), to_hf_parts(name, tensor, cfg, vocab_size)
-        if len(names) != len(parts):
-            raise AssertionError(f"{name}: KEY_MAP lists {len(names)} HF names, layout gave {len(parts)} tensors")
-        for hf_name, part in zip(names, parts):
-            out[hf_name] = part.to(dtype, copy=True).contiguous()  # own storage: no views of padding
-    expected = expected_hf_names(cfg)
-    if set(out) != expected:
-        raise CheckpointError(f"checkpoint weights do not cover the HF model: missing {sorted(expected - set(out))}, "
-                              f"unexpected {sorted(set(out) - expected)}")
-    return out
+def hf_entries(ckpt: Checkpoint, dtype: torch.dtype) -> list[Entry]:
+    """Name, dtype and shape of every HF tensor, in write order, computed without reading data."""
+    entries = []
+    for name in ckpt.names():
+        meta = torch.empty(ckpt.full_shape(name), device="meta")
+        parts = to_hf_parts(name, meta, ckpt.cfg, ckpt.vocab_size)
+        entries += [Entry(n, dtype, tuple(p.shape)) for n, p in zip(hf_names(name), parts, strict=True)]
+    names = {e.name for e in entries}
+    expected = expected_hf_names(ckpt.cfg)
+    if names != expected:
+        raise CheckpointError(f"checkpoint weights do not cover the HF model: missing {sorted(expected - names)}, "
+                              f"unexpected {sorted(names - expected)}")
+    return entries
+
+
+def write_weights(ckpt: Checkpoint, folder: Path, dtype: torch.dtype) -> None:
+    """Stream every parameter: read (TP-merged) -> HF tensors -> cast -> append to the file."""
+    writer = SafetensorsWriter(folder, hf_entries(ckpt, dtype), MAX_SHARD_BYTES)
+    try:
+        for name in ckpt.names():
+            parts = to_hf_parts(name, ckpt.full(name), ckpt.cfg, ckpt.vocab_size)
+            for hf_name, part in zip(hf_names(name), parts, strict=True):
+                writer.write(hf_name, part.to(dtype).contiguous())
+    finally:
+        writer.close()
 
 
 def expected_hf_names(cfg: ModelConfig) -> set[str]:
@@ -80,16 +114,13 @@ def expected_hf_names(cfg: ModelConfig) -> set[str]:
     return names
 
 
-def write_folder(path: Path, state: dict[str, Tensor], cfg: ModelConfig, vocab_size: int, tok_dir: Path,
-                 dtype_name: str) -> None:
-    from huggingface_hub import save_torch_state_dict
+def write_config(ckpt: Checkpoint, path: Path, dtype_name: str) -> None:
     from transformers import GenerationConfig
 
-    bos, eos = copy_tokenizer(tok_dir, path, cfg.seq_len)
-    config = hf_config(cfg, vocab_size, bos, eos, dtype_name)
+    bos, eos = copy_tokenizer(tokenizer_dir(ckpt.folder), path, ckpt.cfg.seq_len)
+    config = hf_config(ckpt.cfg, ckpt.vocab_size, bos, eos, dtype_name)
     config.save_pretrained(path)
     GenerationConfig.from_model_config(config).save_pretrained(path)
-    save_torch_state_dict(state, path, max_shard_size=MAX_SHARD_SIZE, metadata={"format": "pt"})
 
 
 def copy_tokenizer(tok_dir: Path, path: Path, seq_len: int) -> tuple[int | None, int | None]:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta
+from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
+from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import Config
 from bigtrain.config.validate import validate
 from bigtrain.data.loader import ShardReader, StreamSpec, train_loader
 from bigtrain.data.manifest import Manifest
+from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
@@ -56,22 +58,29 @@ def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
     return dataclasses.replace(cfg, model=model, data=data), manifest
 
 
-def check_resumable(cfg: Config, world_size: int) -> None:
-    """A restart must match the layout of the checkpoint it resumes from."""
+def check_resumable(cfg: Config, manifest: Manifest) -> None:
+    """A restart (or ``checkpoint.init_from``) must hold the same model, trained with the data's tokenizer.
+
+    A different layout (TP, DP, ZeRO stage, precision) is fine: bigtrain/checkpoint/reshard.py reshards.
+    """
     folder = latest_checkpoint(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    where = f"run.dir {cfg.run.dir} holds a checkpoint"
+    if folder is None and cfg.checkpoint.init_from:
+        folder, where = resolve_checkpoint(cfg.checkpoint.init_from), f"checkpoint.init_from={cfg.checkpoint.init_from} is"
     if folder is None:
         return
     meta = read_meta(folder)
-    if meta["model"] != to_dict(cfg)["model"]:
-        diff = {k: (v, meta["model"].get(k)) for k, v in to_dict(cfg)["model"].items() if meta["model"].get(k) != v}
-        raise ConfigError(f"run.dir {cfg.run.dir} holds a checkpoint of a different model "
-                          f"(key: this config vs checkpoint): {diff}; use a new run.dir")
-    tp, dp = cfg.parallel.tensor_parallel, world_size // cfg.parallel.tensor_parallel
-    saved = (meta["tensor_parallel"], meta["data_parallel"], meta["zero_stage"])
-    if saved != (tp, dp, cfg.parallel.zero_stage):
-        raise ConfigError(
-            f"{folder} was saved with tensor_parallel={saved[0]}, data_parallel={saved[1]}, zero_stage={saved[2]}; "
-            f"this run has {tp}, {dp}, {cfg.parallel.zero_stage}. Restart with the saved layout.")
+    ignore = {"seq_len"} if meta.get("weights_only") or folder.parent != Path(cfg.run.dir) / CHECKPOINT_DIR else set()
+    ours = to_dict(cfg)["model"]
+    diff = {k: (v, meta["model"].get(k)) for k, v in ours.items() if k not in ignore and meta["model"].get(k) != v}
+    if diff:
+        hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
+        raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
+    saved = folder / "tokenizer" / TOKENIZER_META
+    if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
+        raise ConfigError(f"{folder} was trained with the tokenizer in {folder / 'tokenizer'}, but the shards in "
+                          f"{cfg.data.path} were made with {manifest.tokenizer.path} (different tokenizer.model "
+                          f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
 def describe(trainer: Trainer) -> dict:
@@ -112,7 +121,8 @@ def write_run_dir(run_dir: Path, cfg: Config, manifest: Manifest, ds_config: dic
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    shutil.copytree(manifest.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
+    if manifest.tokenizer_dir.resolve() != (run_dir / "tokenizer").resolve():  # from-hf runs shard with their own
+        shutil.copytree(manifest.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
 def pretrain(cfg: Config) -> Trainer:
@@ -120,7 +130,7 @@ def pretrain(cfg: Config) -> Trainer:
     launch = launch_env()
     validate(cfg, launch.world_size)
     cfg, manifest = resolve_data(cfg)
-    check_resumable(cfg, launch.world_size)
+    check_resumable(cfg, manifest)
     check_precision_supported(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
@@ -140,10 +150,10 @@ def train(cfg: Config, world: World, manifest: Manifest) -> Trainer:
     injector = inject.Injector(world.rank)
     checkpointer = Checkpointer(run_dir, world.is_main, cfg.checkpoint.keep, cfg.checkpoint.keep_every,
                                 before_commit=injector.hold_in_save if injector.active else None)
-    meta = checkpointer.load_latest(engine)
+    meta = restore(engine, checkpointer, world, cfg.parallel.zero_stage, cfg.train.precision, cfg.checkpoint.init_from)
     state = TrainState.from_meta(meta) if meta else TrainState()
     if world.is_main and meta:
-        rng = "" if meta["rng_restored"] else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
+        rng = "" if meta.get("rng_restored") else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
         print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}{rng}", flush=True)
     spec = StreamSpec(cfg.train.global_batch_size, cfg.train.micro_batch_size, world.dp_rank, world.dp_size,
                       cfg.train.seed, start_sample=state.consumed_samples)
