@@ -1,8 +1,8 @@
 """Queue a pretraining run on SLURM with submitit: validate first, then one task per GPU.
 
 Everything that can be checked on the submitting machine is checked before ``sbatch``: the config
-and its layout for ``nodes x tasks_per_node`` ranks, the data, an existing ``run.dir``'s checkpoint
-layout, the partition. The job is a :class:`~bigtrain.launch.job.PretrainJob`: on timeout or
+and its layout for ``nodes x tasks_per_node`` ranks, the partition, the data, and that an existing
+``run.dir`` holds the same model and tokenizer (a different layout is resharded on resume). The job is a :class:`~bigtrain.launch.job.PretrainJob`: on timeout or
 preemption it saves, requeues itself and resumes; after ``max_requeues`` timeouts it gives up.
 """
 
@@ -108,15 +108,15 @@ def check_config(config: str, overrides: list[str], world_size: int):
     return cfg
 
 
-def prepare_run(cfg, overrides: list[str], world_size: int) -> tuple[list[str], object]:
+def prepare_run(cfg, overrides: list[str]) -> tuple[list[str], object]:
     """Make run.dir absolute, resolve the data, check an existing run.dir -> (overrides, cfg)."""
     from bigtrain.train.run import check_resumable, resolve_data
 
     run_dir = Path(cfg.run.dir).expanduser().resolve()
     overrides = [*overrides, f"run.dir={run_dir}"]  # the job must not depend on the submitter's cwd
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(run_dir)))
-    cfg, _ = resolve_data(cfg)  # builds the embedded default corpus here, once, if needed
-    check_resumable(cfg, world_size)
+    cfg, manifest = resolve_data(cfg)  # builds the embedded default corpus here, once, if needed
+    check_resumable(cfg, manifest)  # an existing run.dir must hold the same model and tokenizer
     return overrides, cfg
 
 
@@ -145,7 +145,7 @@ def submit(config: str, overrides: list[str] = (), options: SubmitOptions | None
     world = opts.nodes * opts.tasks
     cfg = check_config(config, list(overrides), world)  # a wrong layout fails here, in a fraction of a second
     check_slurm(opts.partition)
-    overrides, cfg = prepare_run(cfg, list(overrides), world)
+    overrides, cfg = prepare_run(cfg, list(overrides))
     folder = Path(opts.folder or Path(cfg.run.dir) / "submitit").expanduser().resolve()
     executor = build_executor(opts, folder)
     try:
