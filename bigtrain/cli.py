@@ -30,10 +30,21 @@ def cmd_data_shard(args: argparse.Namespace) -> None:
 
     manifest = write_shards(Path(args.tokenizer), [Path(p) for p in args.input], args.seq_len, Path(args.out),
                             text_key=args.text_key, val_fraction=args.val_fraction,
-                            samples_per_shard=args.samples_per_shard, seed=args.seed)
+                            samples_per_shard=args.samples_per_shard, samples_per_block=args.samples_per_block,
+                            seed=args.seed, workers=args.workers)
     for split, info in manifest.splits.items():
         print(f"{split}: {info.num_samples} samples of {manifest.seq_len + 1} tokens in {len(info.shards)} shard(s)")
-    print(f"shards and manifest.json written to {args.out}")
+    print(f"shards and manifest.json in {args.out}")
+
+
+def cmd_data_verify(args: argparse.Namespace) -> None:
+    from bigtrain.data.integrity import verify_directory
+    from bigtrain.data.manifest import Manifest
+    from bigtrain.data.tokenize_pool import default_workers
+
+    manifest = Manifest.load(Path(args.dir))
+    count = verify_directory(manifest, args.workers or default_workers())
+    print(f"{count} shards in {args.dir} verified: sizes, tar headers and sha256 match manifest.json")
 
 
 def cmd_data_corpus(args: argparse.Namespace) -> None:
@@ -151,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_train)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
-    p = data.add_parser("shard", help="tokenize, pack and write WebDataset shards + manifest.json")
+    p = data.add_parser("shard", help="tokenize (on all cores), pack and write WebDataset shards + manifest.json; "
+                                      "a re-run with unchanged inputs and options only verifies")
     p.add_argument("--tokenizer", required=True, metavar="DIR")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH")
     p.add_argument("--seq-len", type=int, required=True)
@@ -159,8 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-key", default="text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
     p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
+    p.add_argument("--samples-per-block", type=int, default=None,
+                   help="samples per tar member (default: ~1 MiB of tokens per member)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: all cores); the shards do not depend on it")
     p.set_defaults(func=cmd_data_shard)
+    p = data.add_parser("verify", help="check every shard of a directory against manifest.json (size, tar "
+                                       "headers, sha256), in parallel")
+    p.add_argument("dir", metavar="SHARD_DIR")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=cmd_data_verify)
     p = data.add_parser("corpus", help="write the embedded default corpus (Python docstrings) as JSONL")
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=cmd_data_corpus)

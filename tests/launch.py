@@ -2,7 +2,7 @@
 
     proc = run_ranks("bigtrain/pretrain.py", 4, ["--config", "debug", "run.dir=/tmp/r"], timeout=120)
 
-Each call gets a free master port, so tests can run one after another without port clashes. On a
+Each call lets torchrun pick its own port (``--standalone``), so concurrent tests never clash. On a
 non-zero exit or a timeout it raises ``RankFailure`` with the tail of the ranks' output. A rank may
 exit non-zero *after* finishing its work (a rare SIGABRT at interpreter exit, see FACTS.md): pass
 ``check=False`` and check the files the ranks wrote instead.
@@ -11,7 +11,6 @@ exit non-zero *after* finishing its work (a rare SIGABRT at interpreter exit, se
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,17 +23,12 @@ class RankFailure(AssertionError):
     """The ranks exited non-zero or ran past the timeout; the message holds the log tail."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(target: str, nprocs: int, args: list[str] = (), timeout: float = 300, module: bool = False,
               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """torchrun ``target`` (a script path, or a module with ``module=True``) with ``nprocs`` ranks."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nprocs}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    # --standalone: torchrun binds its rendezvous store to a port the OS picks (no free-port race
+    # with other jobs on a busy machine); the ranks share that store.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}"]
     cmd += ["-m", target] if module else [str(target)]
     cmd += [str(a) for a in args]
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),

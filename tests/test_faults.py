@@ -87,7 +87,7 @@ def test_metrics_rows_carry_the_contract_and_mfu(reference):
 
 def test_validation_every_4_steps_matches_an_independent_computation(reference):
     from bigtrain.convert.load import load_model
-    from bigtrain.data.loader import ShardReader
+    from bigtrain.data.reader import ShardReader
     from bigtrain.data.manifest import Manifest
 
     rows = read_metrics(reference)
@@ -98,7 +98,7 @@ def test_validation_every_4_steps_matches_an_independent_computation(reference):
         assert r["val_tokens"] == 2 * 8 * 64  # eval.batches=2 global batches of 8 x 64 tokens
     # The step-12 checkpoint holds the weights evaluated at step 12: recompute on 1 process, plain torch.
     model, meta = load_model(reference / "checkpoints" / "step_00000012")
-    reader = ShardReader(Manifest.load(Path(meta["data"]["path"])), "val")
+    reader = ShardReader(Manifest.load(Path(meta["data"]["sources"][0]["path"])), "val")
     tokens = reader.read_many(list(range(16)))
     with torch.no_grad():
         losses = model(tokens[:, :-1], tokens[:, 1:])

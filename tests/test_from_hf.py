@@ -144,7 +144,7 @@ def first_batch_loss(hf_dir: Path, shards: Path, global_batch: int, seed: int) -
     """The HF model's mean next-token loss on the first global batch of the training stream."""
     from transformers import AutoModelForCausalLM
 
-    from bigtrain.data.loader import ShardReader
+    from bigtrain.data.reader import ShardReader
     from bigtrain.data.manifest import Manifest
     from bigtrain.data.order import GlobalOrder
 

@@ -104,8 +104,9 @@ def test_tp2_dp2_checkpoint_exports_to_transformers(tp2dp2, tmp_path):
     from bigtrain.evaluate import evaluate
 
     out = tmp_path / "hf"
-    subprocess.run([sys.executable, "-m", "bigtrain.cli", "convert", "to-hf", str(tp2dp2), str(out)], cwd=REPO,
-                   check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "bigtrain.cli", "convert", "to-hf", str(tp2dp2), str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     ours, meta = load_model(tp2dp2)
     tokens = torch.randint(0, meta["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(0))

@@ -49,7 +49,7 @@ def make_checkpoint(work: Path, args) -> Path:
     overrides = [f"model.hidden_size={args.hidden}", f"model.num_layers={args.layers}", "model.num_heads=16",
                  "model.num_kv_heads=16", f"model.ffn_hidden_size={args.ffn}", "model.tie_embeddings=false",
                  "parallel.zero_stage=1", "train.steps=1", "train.global_batch_size=2", "train.micro_batch_size=2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29877",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "tests/train_tiny.py", "--vocab-size", str(args.vocab), str(run), *overrides]
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     return run

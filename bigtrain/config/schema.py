@@ -53,9 +53,25 @@ class ParallelConfig:
 
 
 @dataclass
+class SourceConfig:
+    path: str = doc("", "Shard directory written by `bigtrain data shard`.")
+    weight: float = doc(1.0, "Relative share of the training samples drawn from this source.")
+    name: str = doc("", "Name in metrics (samples/<name>, val_loss/<name>); default: the directory's name.")
+
+
+@dataclass
 class DataConfig:
-    path: str = doc("", "Shard directory written by `bigtrain data shard`; empty = the embedded default corpus.")
+    path: str = doc("", "Shard directory written by `bigtrain data shard`; empty = the embedded default corpus. "
+                        "Shorthand for one source; set this or data.sources.")
+    sources: list[SourceConfig] = doc([], "Mixture of shard directories: a list of {path, weight, name}, e.g. "
+                                          "[{path: web/, weight: 0.7}, {path: code/, weight: 0.3}] (docs/data.md).")
     num_workers: int = doc(0, "DataLoader worker processes per rank (0 = read in the training process).")
+    on_corrupt: str = doc("stop", "A corrupt shard found mid-run: stop (all ranks save a checkpoint of the last "
+                                  "completed step and exit 2) or skip (its samples are replaced, counted in metrics).")
+    verify_checksums: bool = doc(True, "Check each shard's sha256 when a process first opens it (one extra read "
+                                       "of the shard); size and tar headers are always checked.")
+    mix_block_size: int = doc(1000, "Mixing block: every block of this many stream positions holds a fixed, "
+                                    "weight-proportional count from each source (shares exact to 1/block).")
 
 
 @dataclass

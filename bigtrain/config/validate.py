@@ -70,6 +70,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = off), got {cfg.eval.every}")
     need(cfg.eval.batches > 0, f"eval.batches must be positive, got {cfg.eval.batches}")
     need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    errors.extend(data_errors(cfg.data))
     need(bool(cfg.run.dir), "run.dir must be set")
     need(t.global_batch_size % t.micro_batch_size == 0,
          f"train.global_batch_size ({t.global_batch_size}) must be divisible by train.micro_batch_size "
@@ -85,6 +86,27 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
                  f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
                  f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
                  f"{t.micro_batch_size * dp}")
+    return errors
+
+
+ON_CORRUPT = ("stop", "skip")
+
+
+def data_errors(d) -> list[str]:
+    """The data section's own checks (the shard directories are checked later, still before any process group)."""
+    errors = []
+    if d.on_corrupt not in ON_CORRUPT:
+        errors.append(f"data.on_corrupt must be one of {ON_CORRUPT}, got {d.on_corrupt!r}")
+    if d.mix_block_size < 1:
+        errors.append(f"data.mix_block_size must be positive, got {d.mix_block_size}")
+    if d.path and d.sources:
+        errors.append("data.path and data.sources are both set: data.path is the one-source shorthand; "
+                      "list every directory in data.sources instead")
+    for i, source in enumerate(d.sources):
+        if not source.path:
+            errors.append(f"data.sources[{i}].path must be set")
+        if not source.weight > 0:
+            errors.append(f"data.sources[{i}].weight must be positive, got {source.weight}")
     return errors
 
 

@@ -5,6 +5,10 @@ A ``.jsonl``/``.json`` file (optionally ``.gz``) holds one document per line, a 
 recognised by its magic bytes, not the suffix. Empty documents and blank JSONL lines are skipped: they
 would only add a ``[bos, eos]`` pair. Every error is a :class:`DataError` naming the file and, for
 JSONL, the line number.
+
+Reading is split in two so that parsing can run in worker processes: :func:`document_chunks` reads
+the files (and gunzips) as a stream of raw :class:`Chunk` s in input order, :func:`chunk_documents`
+decodes and parses one chunk. :func:`iter_documents` chains them in one process.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -48,9 +53,26 @@ def decode(data: bytes, where: str, base_offset: int = 0) -> str:
         raise DataError(f"{where}: invalid UTF-8 at byte offset {base_offset + exc.start}") from None
 
 
-def jsonl_documents(path: Path, f: BinaryIO, text_key: str) -> Iterator[str]:
-    offset = 0  # byte offset of the line in the (uncompressed) stream, for UTF-8 errors
-    for lineno, raw in enumerate(f, start=1):
+CHUNK_BYTES = 1 << 20  # raw input bytes per chunk handed to a tokenizer worker
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of the input, read but not yet decoded; :func:`chunk_documents` parses it (in any process).
+
+    JSONL: consecutive raw lines of one file, ``first_line`` (1-based) and ``offset`` (byte offset in the
+    uncompressed stream) locating the first. Text: whole files, one document each, ``paths[i]`` per item.
+    """
+    jsonl: bool
+    paths: tuple[str, ...]
+    items: tuple[bytes, ...]
+    first_line: int = 1
+    offset: int = 0
+
+
+def jsonl_documents(chunk: Chunk, text_key: str) -> Iterator[str]:
+    path, offset = chunk.paths[0], chunk.offset
+    for lineno, raw in enumerate(chunk.items, start=chunk.first_line):
         where = f"{path}:{lineno}"
         line = decode(raw, where, offset)
         offset += len(raw)
@@ -72,25 +94,70 @@ def jsonl_documents(path: Path, f: BinaryIO, text_key: str) -> Iterator[str]:
             yield text
 
 
-def file_documents(path: Path, text_key: str = "text") -> Iterator[str]:
-    """The documents of one file, in order."""
+def chunk_documents(chunk: Chunk, text_key: str = "text") -> list[str]:
+    """The non-empty documents of a chunk, in order."""
+    if chunk.jsonl:
+        return list(jsonl_documents(chunk, text_key))
+    texts = (decode(data, path) for path, data in zip(chunk.paths, chunk.items))
+    return [text for text in texts if text]
+
+
+def file_chunks(path: Path, chunk_bytes: int) -> Iterator[Chunk]:
+    """One JSONL file as chunks of about ``chunk_bytes`` raw bytes (whole lines)."""
+    f = open_binary(path)
+    lines: list[bytes] = []
+    size, first, offset = 0, 1, 0
+    try:
+        for lineno, raw in enumerate(f, start=1):
+            lines.append(raw)
+            size += len(raw)
+            if size >= chunk_bytes:
+                yield Chunk(True, (str(path),), tuple(lines), first, offset)
+                lines, first, offset, size = [], lineno + 1, offset + size, 0
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({exc}); truncated or corrupt gzip?") from None
+    finally:
+        f.close()
+    if lines:
+        yield Chunk(True, (str(path),), tuple(lines), first, offset)
+
+
+def read_text_file(path: Path) -> bytes:
     f = open_binary(path)
     try:
-        if is_jsonl(path):
-            yield from jsonl_documents(path, f, text_key)
-        else:
-            text = decode(f.read(), str(path))
-            if text:
-                yield text
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        return f.read()
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc}); truncated or corrupt gzip?") from None
     finally:
         f.close()
 
 
+def document_chunks(paths: Iterable[str | Path], chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """The inputs as a stream of chunks, in order; memory holds one chunk (or one text file) at a time."""
+    texts: list[tuple[str, bytes]] = []
+    for path in as_paths(paths):
+        if is_jsonl(path):
+            if texts:
+                yield Chunk(False, *map(tuple, zip(*texts)))
+                texts = []
+            yield from file_chunks(path, chunk_bytes)
+            continue
+        texts.append((str(path), read_text_file(path)))
+        if sum(len(data) for _, data in texts) >= chunk_bytes:
+            yield Chunk(False, *map(tuple, zip(*texts)))
+            texts = []
+    if texts:
+        yield Chunk(False, *map(tuple, zip(*texts)))
+
+
 def as_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """A list of paths; a lone path would otherwise be iterated character by character."""
     return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
+def no_documents(paths: list[Path], text_key: str) -> DataError:
+    names = ", ".join(map(str, paths))
+    return DataError(f"no documents in {names} (files empty, or no non-empty {text_key!r} values)")
 
 
 def iter_documents(paths: Iterable[str | Path], text_key: str = "text") -> Iterator[str]:
@@ -99,10 +166,9 @@ def iter_documents(paths: Iterable[str | Path], text_key: str = "text") -> Itera
     if not paths:
         raise DataError("no input files given")
     count = 0
-    for path in paths:
-        for text in file_documents(path, text_key):
+    for chunk in document_chunks(paths):
+        for text in chunk_documents(chunk, text_key):
             count += 1
             yield text
     if count == 0:
-        names = ", ".join(map(str, paths))
-        raise DataError(f"no documents in {names} (files empty, or no non-empty {text_key!r} values)")
+        raise no_documents(paths, text_key)

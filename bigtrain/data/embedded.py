@@ -2,9 +2,9 @@
 
 Layout under the cache directory (``$BIGTRAIN_CACHE``, else ``~/.cache/bigtrain``)::
 
-    embedded/py3.11.7-v1/corpus.jsonl
-    embedded/py3.11.7-v1/tokenizer-4096/
-    embedded/py3.11.7-v1/shards-4096-128/        <- returned for vocab 4096, seq_len 128
+    embedded/py3.11.7-v2/corpus.jsonl
+    embedded/py3.11.7-v2/tokenizer-4096/
+    embedded/py3.11.7-v2/shards-4096-128/        <- returned for vocab 4096, seq_len 128
 
 The key holds the Python version (the corpus is its stdlib) and FORMAT_VERSION (bump it when the
 corpus, tokenizer or shard recipe changes). Every rank of a job may call :func:`ensure_embedded_dataset`
@@ -32,7 +32,7 @@ from bigtrain.data.manifest import MANIFEST_FILE, Manifest
 from bigtrain.data.shards import summary, write_shards
 from bigtrain.data.tokenizer import META_FILE, train_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards in format bigtrain-shards/2
 TMP_PREFIX = ".tmp-"
 
 

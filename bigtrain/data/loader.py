@@ -1,125 +1,169 @@
-"""Stream training micro-batches from WebDataset tar shards in the global order (see order.py).
+"""This rank's training micro-batches, a step at a time, and the stream's resumable state.
 
-Every sample is one tar member of a fixed size (``manifest.member_bytes``: no PAX headers, fixed
-names and lengths), so sample j of a shard starts at byte ``j * member_bytes``: a rank reads only
-its own samples, and resuming is a seek, not a replay. Each member's header is checked against the
-expected name and size, so a shard that does not follow the layout fails loudly, naming the file.
+Each rank reads only its own samples, straight from the shards (reader.py, stream.py): resuming is a
+seek, not a replay. The stream's state is one number, the global position (samples consumed), plus
+counters; :meth:`TrainLoader.state_dict` returns it as JSON for the checkpoint's meta.json, and a
+loader built with that state continues the exact sequence, for any number of ranks or DataLoader
+workers (a restarted loader starts again at worker 0 with the resumed position: no per-worker state).
+With 0 workers the stream is read directly (a DataLoader would only add per-batch overhead).
 
-DataLoader workers: worker w of W produces micro-batches w, w+W, w+2W, ... of this rank's stream;
-the DataLoader's round-robin over workers then yields them in exactly the order a single process
-would. A restarted loader starts again at worker 0 with the resumed position, so no per-worker
-state needs saving: the stream position (consumed samples) is the whole loader state.
+:meth:`TrainLoader.next_step` fetches all micro-batches of a step before any compute and makes the
+ranks agree on corrupt shards (one all-reduce), so a rank that hit a bad shard never leaves the
+others waiting in a collective.
 """
 
 from __future__ import annotations
 
-import bisect
-import os
-import tarfile
-from dataclasses import dataclass
-from pathlib import Path
+import dataclasses
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-from bigtrain.data.errors import DataError
-from bigtrain.data.manifest import Manifest
-from bigtrain.data.order import GlobalOrder, rank_positions
+from bigtrain.data.errors import DataError, DataStop
+from bigtrain.data.mixing import Mixture
+from bigtrain.data.reader import ShardReader
+from bigtrain.data.sources import Source
+from bigtrain.data.stream import Chunk, Note, StreamSpec, TrainStream
 
-
-class ShardReader:
-    """Random access to the samples of one split, by index within the split."""
-
-    def __init__(self, manifest: Manifest, split: str):
-        self.manifest = manifest
-        info = manifest.splits[split]
-        self.paths = [manifest.root / shard.file for shard in info.shards]
-        counts = [shard.num_samples for shard in info.shards]
-        self.starts = np.cumsum([0] + counts[:-1]).tolist()
-        self.num_samples = int(sum(counts))
-        self.dtype = np.dtype(manifest.dtype).newbyteorder("<")
-        self.sample_bytes = manifest.sample_tokens * self.dtype.itemsize
-        self.member_bytes = manifest.member_bytes
-        self._files: dict[int, object] = {}
-        self._pid = os.getpid()
-
-    def _file(self, shard: int):
-        if self._pid != os.getpid():  # forked into a DataLoader worker: do not share file offsets
-            self._files, self._pid = {}, os.getpid()
-        if shard not in self._files:
-            try:
-                self._files[shard] = open(self.paths[shard], "rb")
-            except OSError as exc:
-                raise DataError(f"cannot open shard {self.paths[shard]}: {exc.strerror}") from exc
-        return self._files[shard]
-
-    def read(self, index: int) -> np.ndarray:
-        """Tokens (seq_len + 1,) of sample ``index``."""
-        shard = bisect.bisect_right(self.starts, index) - 1
-        local = index - self.starts[shard]
-        f = self._file(shard)
-        f.seek(local * self.member_bytes)
-        header = f.read(tarfile.BLOCKSIZE)
-        expected = f"{index:010d}.tokens"
-        try:
-            info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
-        except tarfile.TarError as exc:
-            raise DataError(f"{self.paths[shard]}: no valid tar header for sample {index} at byte "
-                            f"{local * self.member_bytes} ({exc}); the shard is truncated or corrupt") from exc
-        if info.name != expected or info.size != self.sample_bytes:
-            raise DataError(f"{self.paths[shard]}: expected member {expected} of {self.sample_bytes} bytes at byte "
-                            f"{local * self.member_bytes}, found {info.name!r} of {info.size} bytes")
-        data = f.read(self.sample_bytes)
-        if len(data) != self.sample_bytes:
-            raise DataError(f"{self.paths[shard]}: truncated inside sample {index}")
-        return np.frombuffer(data, dtype=self.dtype)
-
-    def read_many(self, indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.read(int(i)) for i in indices]).astype(np.int64))
+__all__ = ["ShardReader", "StreamSpec", "TrainLoader", "TrainStream", "agree", "state_problems"]
+STATE_FORMAT = "bigtrain-data-stream/1"
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    """Which part of the global stream one data-parallel rank reads."""
-    global_batch: int
-    micro_batch: int
-    dp_rank: int
-    dp_size: int
-    seed: int
-    start_sample: int = 0  # consumed samples at resume
+def agree(notes: list[Note | None], dp_size: int, device: torch.device,
+          collective: bool) -> tuple[int, list[str], list[str]]:
+    """(skipped samples, corrupt shards, errors) summed over all ranks: the same answer on every rank.
 
-    @property
-    def accum(self) -> int:
-        return self.global_batch // (self.micro_batch * self.dp_size)
-
-
-class TrainStream(IterableDataset):
-    """Infinite stream of this rank's micro-batches: LongTensor (micro_batch, seq_len + 1)."""
-
-    def __init__(self, shard_dir: str | Path, spec: StreamSpec, split: str = "train"):
-        self.shard_dir = Path(shard_dir)
-        self.spec = spec
-        self.split = split
-        self.reader = ShardReader(Manifest.load(self.shard_dir), split)
-        self.order = GlobalOrder(self.reader.num_samples, spec.seed)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        s = self.spec
-        u = worker
-        while True:
-            step, micro = divmod(u, s.accum)
-            positions = rank_positions(s.start_sample, step, micro, global_batch=s.global_batch,
-                                       micro_batch=s.micro_batch, dp_rank=s.dp_rank, dp_size=s.dp_size)
-            yield self.reader.read_many(self.order.samples(positions))
-            u += workers
+    One all-reduce per step; the names are gathered only when some rank met a corrupt shard. Ranks of
+    one data-parallel group (tensor-parallel peers) read the same samples: counts are divided by them.
+    """
+    notes = [n for n in notes if n is not None]
+    skipped = sum(n.skipped for n in notes)
+    corrupt = sorted({p for n in notes for p in n.corrupt})
+    errors = sorted({e for n in notes for e in n.errors})
+    if not collective:
+        return skipped, corrupt, errors
+    counts = torch.tensor([skipped, len(corrupt) + len(errors)], dtype=torch.float64, device=device)
+    dist.all_reduce(counts)
+    replicas = dist.get_world_size() // dp_size
+    if counts[1].item() == 0:
+        return round(counts[0].item() / replicas), [], []
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (corrupt, errors))
+    return (round(counts[0].item() / replicas), sorted({path for paths, _ in everyone for path in paths}),
+            sorted({msg for _, msgs in everyone for msg in msgs}))
 
 
-def train_loader(shard_dir: str | Path, spec: StreamSpec, num_workers: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """DataLoader over :class:`TrainStream` (batches are made by the dataset: ``batch_size=None``)."""
-    return DataLoader(TrainStream(shard_dir, spec), batch_size=None, num_workers=num_workers,
-                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
+class TrainLoader:
+    """This rank's micro-batches, one optimizer step at a time, and the stream's resumable state.
+
+    ``state`` (a :meth:`state_dict`) resumes; it must come from the same sources, seed and mixing
+    block (checked: :func:`state_problems`). The data-parallel size and the number of workers are free.
+    """
+
+    def __init__(self, sources: list[Source], spec: StreamSpec, *, num_workers: int = 0, pin_memory: bool = False,
+                 on_corrupt: str = "stop", verify_checksums: bool = True, device: torch.device | None = None,
+                 collective: bool = False, state: dict | None = None):
+        self.sources, self.spec = sources, spec
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.on_corrupt, self.verify_checksums = on_corrupt, verify_checksums
+        self.device = device or torch.device("cpu")
+        self.mixture = Mixture([s.weight for s in sources], spec.mix_block_size, spec.seed)
+        self.position = spec.start_sample  # global samples consumed by the steps handed out
+        self.skipped_samples = 0
+        self.corrupt_shards: list[str] = []
+        self._chunks: Iterator[Chunk] | None = None
+        self._pending: list[tuple[torch.Tensor, Note | None]] = []  # the chunk's rest, reversed
+        self._collective = collective  # agree with the other ranks of the job (torch.distributed) every step
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _start(self) -> Iterator[Chunk]:
+        spec = dataclasses.replace(self.spec, start_sample=self.position)
+        stream = TrainStream(self.sources, spec, self.on_corrupt, self.verify_checksums)
+        if self.num_workers:
+            return iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                   pin_memory=self.pin_memory, prefetch_factor=2))
+        if self.pin_memory:
+            return (chunk.pin_memory() for chunk in stream)
+        return iter(stream)
+
+    def _next_batch(self) -> tuple[torch.Tensor, Note | None]:
+        if not self._pending:
+            self._pending = next(self._chunks).batches()[::-1]
+        return self._pending.pop()
+
+    def next_step(self) -> list[torch.Tensor]:
+        """The ``accum`` micro-batches (tokens) of the next step, agreed clean by every rank.
+
+        Raises :class:`DataStop` (on every rank at once) when a rank met a corrupt shard under
+        ``on_corrupt=stop``; the position then stays at the last completed step.
+        """
+        if self._chunks is None:
+            self._chunks = self._start()
+        batches = [self._next_batch() for _ in range(self.spec.accum)]
+        notes = [note for _, note in batches if note is not None]
+        if notes or self._collective:  # one process with clean data has nothing to agree on
+            self._account(*agree(notes, self.spec.dp_size, self.device, self._collective))
+        self.position += self.spec.global_batch
+        return [tokens for tokens, _ in batches]
+
+    def _account(self, skipped: int, corrupt: list[str], errors: list[str]) -> None:
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise DataStop(f"corrupt training data at sample {self.position} of the stream: " + "; ".join(errors[:3])
+                           + f"{more}. Fix or re-shard it and restart (data.on_corrupt={self.on_corrupt}; with "
+                           f"skip, samples of corrupt shards are replaced instead)")
+        self.skipped_samples += skipped
+        if corrupt:
+            self.corrupt_shards = sorted(set(self.corrupt_shards) | set(corrupt))
+
+    def source_samples(self) -> np.ndarray:
+        """Samples consumed from each source so far (a function of the position: mixing.py)."""
+        return self.mixture.consumed(self.position)
+
+    def epochs(self) -> list[float]:
+        """Epochs of each source consumed so far (1.5 = half-way through the second pass)."""
+        return [n / s.num_samples for n, s in zip(self.source_samples().tolist(), self.sources)]
+
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "position": self.position,
+            "global_batch_size": self.spec.global_batch,
+            "seed": self.spec.seed,
+            "mix_block_size": self.spec.mix_block_size,
+            "sources": [{"name": s.name, "path": str(s.path), "weight": s.weight, "num_samples": s.num_samples}
+                        for s in self.sources],
+            "source_samples": self.source_samples().tolist(),
+            "skipped_samples": self.skipped_samples,
+            "corrupt_shards": list(self.corrupt_shards),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._chunks is not None:
+            raise RuntimeError("load_state_dict must come before the first next_step")
+        problems = state_problems(state, self.sources, self.spec.seed, self.spec.mix_block_size)
+        if problems:
+            raise DataError("cannot resume this data stream: " + "; ".join(problems))
+        self.position = int(state["position"])
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.corrupt_shards = list(state.get("corrupt_shards", []))
+
+
+def state_problems(state: dict, sources: list[Source], seed: int, mix_block_size: int) -> list[str]:
+    """Why ``state`` does not continue with these sources (empty if it does). Paths may change."""
+    if state.get("format") != STATE_FORMAT:
+        return [f"the saved state has format {state.get('format')!r}, expected {STATE_FORMAT!r}"]
+    problems = []
+    if state["seed"] != seed:
+        problems.append(f"train.seed was {state['seed']}, now {seed}")
+    saved = [(s["name"], s["weight"], s["num_samples"]) for s in state["sources"]]
+    now = [(s.name, s.weight, s.num_samples) for s in sources]
+    if saved != now:
+        problems.append(f"the sources were (name, weight, train samples) {saved}, now {now}")
+    if len(sources) > 1 and state["mix_block_size"] != mix_block_size:
+        problems.append(f"data.mix_block_size was {state['mix_block_size']}, now {mix_block_size}")
+    return problems

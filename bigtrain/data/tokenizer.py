@@ -214,9 +214,9 @@ class Tokenizer:
         """Ids of ``text`` without bos/eos."""
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """``encode`` over many texts on all cores (sentencepiece releases the GIL)."""
-        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+    def encode_batch(self, texts: list[str], threads: int | None = None) -> list[list[int]]:
+        """``encode`` over many texts on ``threads`` threads (default: all cores; sentencepiece releases the GIL)."""
+        return self.sp.encode(texts, num_threads=threads or os.cpu_count() or 1)
 
     def encode_document(self, text: str) -> list[int]:
         """``[bos] + ids + [eos]``: how a document enters the training stream."""

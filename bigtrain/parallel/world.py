@@ -7,7 +7,6 @@ TP <= G every TP group stays inside a node; data-parallel groups stride across n
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -55,14 +54,13 @@ def launch_env() -> LaunchEnv:
         addr, port = slurm_master(env)
     else:
         addr = env.get("MASTER_ADDR", "127.0.0.1")
-        port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else (free_port() if world == 1 else 29500)
+        port = int(env.get("MASTER_PORT", 29500))
     return LaunchEnv(rank, world, local, addr, port)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def is_standalone(launch: LaunchEnv) -> bool:
+    """One process started without a launcher: it needs no TCP rendezvous (and no port to race for)."""
+    return launch.world_size == 1 and "MASTER_PORT" not in os.environ
 
 
 def pick_backend(requested: str) -> str:
@@ -78,9 +76,11 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
     from bigtrain.parallel.dsenv import import_deepspeed
 
     launch = launch_env()
-    for key, value in [("RANK", launch.rank), ("WORLD_SIZE", launch.world_size),
-                       ("LOCAL_RANK", launch.local_rank), ("MASTER_ADDR", launch.master_addr),
-                       ("MASTER_PORT", launch.master_port)]:
+    standalone = is_standalone(launch)
+    env = [("RANK", launch.rank), ("WORLD_SIZE", launch.world_size), ("LOCAL_RANK", launch.local_rank)]
+    if not standalone:
+        env += [("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port)]
+    for key, value in env:
         os.environ[key] = str(value)
     backend = pick_backend(backend)
     if backend == "nccl":
@@ -89,9 +89,14 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
     else:
         device = torch.device("cpu")
     deepspeed = import_deepspeed()
-    if not torch.distributed.is_initialized():
+    timeout = timedelta(minutes=timeout_min)
+    if standalone and not torch.distributed.is_initialized():
+        # An in-memory store: a single process never opens a port. DeepSpeed adopts the group below.
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
+                                             timeout=timeout)
+    if not torch.distributed.is_initialized() or not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                   timeout=timedelta(minutes=timeout_min), rank=launch.rank,
+                                   timeout=timeout, rank=launch.rank,
                                    world_size=launch.world_size)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)

@@ -18,13 +18,16 @@ from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import Config
 from bigtrain.config.validate import validate
-from bigtrain.data.loader import ShardReader, StreamSpec, train_loader
+from bigtrain.data.errors import DataStop
+from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
+from bigtrain.data.sources import Source, check_mixture, load_sources
 from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
+from bigtrain.train.data_metrics import DataMetrics
 from bigtrain.train.evaluation import EvalCallback
 from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
@@ -34,28 +37,47 @@ from bigtrain.train.sinks import build_sinks
 from bigtrain.train.watchdog import Watchdog
 
 
-def resolve_data(cfg: Config) -> tuple[Config, Manifest]:
-    """Find (or build, for the embedded default) the shards; fill data.path and model.vocab_size."""
-    if cfg.data.path:
-        shard_dir = Path(cfg.data.path)
+def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
+    """Find (or build, for the embedded default) the shards; fill data.path/sources and model.vocab_size."""
+    if cfg.data.sources:
+        entries = [(s.path, s.weight, s.name) for s in cfg.data.sources]
+    elif cfg.data.path:
+        entries = [(cfg.data.path, 1.0, "")]
     else:
         from bigtrain.data.embedded import ensure_embedded_dataset
 
-        shard_dir = ensure_embedded_dataset(seq_len=cfg.model.seq_len)
-    manifest = Manifest.load(shard_dir)
+        entries = [(str(ensure_embedded_dataset(seq_len=cfg.model.seq_len)), 1.0, "")]
+    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path")
+    check_mixture(sources, cfg.data.mix_block_size)
+    shard_dir, manifest = sources[0].path, sources[0].manifest
     if manifest.seq_len != cfg.model.seq_len:
         raise ConfigError(f"model.seq_len={cfg.model.seq_len} but the shards in {shard_dir} hold sequences of "
                           f"{manifest.seq_len} tokens: set model.seq_len={manifest.seq_len} or re-shard")
     if cfg.model.vocab_size not in (0, manifest.vocab_size):
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the shards in {shard_dir} were "
                           f"tokenized with a vocabulary of {manifest.vocab_size}")
-    val = manifest.splits.get("val")
-    if cfg.eval.every and (val is None or not val.num_samples):
-        raise ConfigError(f"eval.every={cfg.eval.every} but the shards in {shard_dir} have no validation samples: "
-                          "re-shard with --val-fraction > 0 or set eval.every=0")
+    if cfg.eval.every and not any(s.has_val for s in sources):
+        raise ConfigError(f"eval.every={cfg.eval.every} but the shards in {', '.join(str(s.path) for s in sources)} "
+                          "have no validation samples: re-shard with --val-fraction > 0 or set eval.every=0")
     model = dataclasses.replace(cfg.model, vocab_size=manifest.vocab_size)
-    data = dataclasses.replace(cfg.data, path=str(shard_dir.resolve()))
-    return dataclasses.replace(cfg, model=model, data=data), manifest
+    if cfg.data.sources:
+        resolved = [dataclasses.replace(c, path=str(s.path), name=s.name) for c, s in zip(cfg.data.sources, sources)]
+        data = dataclasses.replace(cfg.data, sources=resolved)
+    else:
+        data = dataclasses.replace(cfg.data, path=str(shard_dir))
+    return dataclasses.replace(cfg, model=model, data=data), sources
+
+
+def check_data_resumable(cfg: Config, sources: list[Source]) -> None:
+    """The latest checkpoint's data stream must continue with these sources (any number of ranks)."""
+    folder = latest_checkpoint(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    state = read_meta(folder).get("data") if folder else None
+    if not state or "format" not in state:  # no checkpoint, or one from before the loader state existed
+        return
+    problems = state_problems(state, sources, cfg.train.seed, cfg.data.mix_block_size)
+    if problems:
+        raise ConfigError(f"{folder} continues a different data stream: {'; '.join(problems)}. Restore those "
+                          f"data settings to resume, or use a new run.dir")
 
 
 def check_resumable(cfg: Config, manifest: Manifest) -> None:
@@ -79,12 +101,12 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     saved = folder / "tokenizer" / TOKENIZER_META
     if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
         raise ConfigError(f"{folder} was trained with the tokenizer in {folder / 'tokenizer'}, but the shards in "
-                          f"{cfg.data.path} were made with {manifest.tokenizer.path} (different tokenizer.model "
+                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer.model "
                           f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
-def describe(trainer: Trainer) -> dict:
-    """meta.json content of a checkpoint (see bigtrain/checkpoint/manager.py)."""
+def describe(trainer: Trainer, loader: TrainLoader) -> dict:
+    """meta.json content of a checkpoint (see bigtrain/checkpoint/manager.py); "data" is the loader's state."""
     cfg, world = trainer.cfg, trainer.world
     return {
         "step": trainer.state.step,
@@ -97,7 +119,7 @@ def describe(trainer: Trainer) -> dict:
         "vocab_size": cfg.model.vocab_size,
         "padded_vocab_size": padded_vocab_size(cfg.model.vocab_size, cfg.model.vocab_pad_multiple, world.tp_size),
         "model": to_dict(cfg)["model"],
-        "data": {"path": cfg.data.path, "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.seed},
+        "data": loader.state_dict(),
         "health": trainer.state.health(),
     }
 
@@ -117,35 +139,56 @@ def check_precision_supported(cfg: Config) -> None:
                           "support fp16 on this machine (no CUDA device); use train.precision=bf16 or fp32")
 
 
-def write_run_dir(run_dir: Path, cfg: Config, manifest: Manifest, ds_config: dict) -> None:
+def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    if manifest.tokenizer_dir.resolve() != (run_dir / "tokenizer").resolve():  # from-hf runs shard with their own
-        shutil.copytree(manifest.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
+    tokenizer_dir = sources[0].manifest.tokenizer_dir
+    if tokenizer_dir.resolve() != (run_dir / "tokenizer").resolve():  # from-hf runs shard with their own
+        shutil.copytree(tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
 def pretrain(cfg: Config) -> Trainer:
     """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
     launch = launch_env()
     validate(cfg, launch.world_size)
-    cfg, manifest = resolve_data(cfg)
-    check_resumable(cfg, manifest)
+    cfg, sources = resolve_data(cfg)
+    check_resumable(cfg, sources[0].manifest)
+    check_data_resumable(cfg, sources)
     check_precision_supported(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
-        return train(cfg, world, manifest)
+        return train(cfg, world, sources)
     finally:
         destroy_world()
 
 
-def train(cfg: Config, world: World, manifest: Manifest) -> Trainer:
+def build_loader(cfg: Config, world: World, sources: list[Source], meta: dict | None) -> TrainLoader:
+    """This rank's loader, resumed from the checkpoint's data state (older checkpoints: consumed_samples)."""
+    saved = meta.get("data") if meta else None
+    spec = StreamSpec(cfg.train.global_batch_size, cfg.train.micro_batch_size, world.dp_rank, world.dp_size,
+                      cfg.train.seed, start_sample=meta["consumed_samples"] if meta else 0,
+                      mix_block_size=cfg.data.mix_block_size)
+    return TrainLoader(sources, spec, num_workers=cfg.data.num_workers, pin_memory=world.device.type == "cuda",
+                       on_corrupt=cfg.data.on_corrupt, verify_checksums=cfg.data.verify_checksums,
+                       device=world.device, collective=True, state=saved if saved and "format" in saved else None)
+
+
+def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
+    """All ranks agreed on a corrupt shard before computing anything of the step: end as on a stop request
+    (the callbacks' on_train_end: a checkpoint of the last completed step); the caller re-raises."""
+    trainer.stop(f"corrupt training data: {error}", failed=True)
+    for cb in trainer.callbacks:
+        cb.on_train_end(trainer)
+
+
+def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
     run_dir = Path(cfg.run.dir)
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
     if world.is_main:
-        write_run_dir(run_dir, cfg, manifest, ds_config)
+        write_run_dir(run_dir, cfg, sources, ds_config)
     dist.barrier()
     injector = inject.Injector(world.rank)
     checkpointer = Checkpointer(run_dir, world.is_main, cfg.checkpoint.keep, cfg.checkpoint.keep_every,
@@ -155,23 +198,26 @@ def train(cfg: Config, world: World, manifest: Manifest) -> Trainer:
     if world.is_main and meta:
         rng = "" if meta.get("rng_restored") else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
         print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}{rng}", flush=True)
-    spec = StreamSpec(cfg.train.global_batch_size, cfg.train.micro_batch_size, world.dp_rank, world.dp_size,
-                      cfg.train.seed, start_sample=state.consumed_samples)
-    loader = train_loader(cfg.data.path, spec, cfg.data.num_workers, pin_memory=world.device.type == "cuda")
+    loader = build_loader(cfg, world, sources, meta)
     t = cfg.train
     guard = NonFiniteGuard(engine, world.device, check_grads=t.precision != "fp16", nan_steps=inject.nan_steps(),
                            inject_rank=world.rank == 0)
     callbacks = [
-        EvalCallback(ShardReader(manifest, "val"), cfg.eval.every, cfg.eval.batches),  # before metrics: logs val_loss
+        EvalCallback(sources, cfg.eval.every, cfg.eval.batches, cfg.data.on_corrupt),  # before metrics: logs val_loss
+        DataMetrics(loader),  # before metrics: logs epoch, samples/<source>, skipped_samples
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
         MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
-        CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final, describe, dump_yaml(cfg),
-                           run_dir / "tokenizer"),
+        CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final,
+                           lambda trainer: describe(trainer, loader), dump_yaml(cfg), run_dir / "tokenizer"),
     ]
     if t.watchdog_timeout_s:  # after the checkpoint callback: its on_train_end (the final save) is guarded too
         callbacks.append(Watchdog(t.watchdog_timeout_s, run_dir, world.rank))
     callbacks.append(injector)  # testing aids (inject.py): no-ops unless their environment variables are set
-    trainer = Trainer(cfg, world, engine, iter(loader), state, callbacks, guard)
-    trainer.fit()
+    trainer = Trainer(cfg, world, engine, loader, state, callbacks, guard)
+    try:
+        trainer.fit()
+    except DataStop as error:
+        stop_on_data_error(trainer, error)
+        raise
     return trainer

@@ -1,9 +1,9 @@
 """One optimizer step: ``accum`` micro-batches of forward/backward, then DeepSpeed's update.
 
-Fetching (the loop in :func:`train_step`) and the update (:func:`update`) are separate: the update
-first agrees on the loss and on numerical faults across ranks (``guard``, see faults.py), and only
-then lets DeepSpeed step at the accumulation boundary, with the optimizer gated shut if any rank
-saw a non-finite value.
+Fetching (:func:`fetch`: all micro-batches before any compute) and the update (:func:`update`) are
+separate: the update first agrees on the loss and on numerical faults across ranks (``guard``, see
+faults.py), and only then lets DeepSpeed step at the accumulation boundary, with the optimizer gated
+shut if any rank saw a non-finite value.
 """
 
 from __future__ import annotations
@@ -30,14 +30,21 @@ class StepResult:
     nonfinite: str | None = None  # why: "loss", "grad" (seen by bigtrain), "grad_norm" (DeepSpeed), "loss_scale" (fp16)
 
 
+def fetch(batches, accum: int) -> list[torch.Tensor]:
+    """All micro-batches of a step, read before any compute. bigtrain's TrainLoader (``next_step``)
+    also makes the ranks agree on data errors here, so none enters a collective another has left."""
+    if hasattr(batches, "next_step"):
+        return batches.next_step()
+    return [next(batches) for _ in range(accum)]
+
+
 def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None) -> StepResult:
     start = time.perf_counter()
-    data_wait = 0.0
+    micro_batches = fetch(batches, accum)
+    data_wait = time.perf_counter() - start
     total = torch.zeros((), device=device)
-    for i in range(accum):
-        t0 = time.perf_counter()
-        tokens = next(batches).to(device, non_blocking=True)  # (M, T+1)
-        data_wait += time.perf_counter() - t0
+    for i, tokens in enumerate(micro_batches):
+        tokens = tokens.to(device, non_blocking=True).long()  # (M, T+1); shards hold uint16/uint32
         total += forward_backward(engine, tokens, guard if i == 0 else None)
         if i < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only counts the micro-step

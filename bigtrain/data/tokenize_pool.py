@@ -1,0 +1,74 @@
+"""Parallel, order-preserving tokenization of document chunks (the shard tool's CPU-heavy stage).
+
+``tokenized_chunks`` maps the input's chunks (documents.py) to token ids on ``workers`` processes and
+yields the results in input order, whatever the number of workers, so the shards are byte-identical
+for any ``--workers``. At most ``2 * workers`` chunks are in flight: memory does not grow with the
+corpus. Each worker parses its chunks itself (UTF-8, JSON), so reading the input is the only serial
+part; errors (naming the file and line) come back in input order, as if read in one process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from bigtrain.data.documents import Chunk, chunk_documents
+from bigtrain.data.tokenizer import Tokenizer
+
+_worker: tuple[Tokenizer, str] | None = None  # (tokenizer, text_key) of this worker process
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    lengths: np.ndarray  # (documents,) int64: tokens per document, without bos/eos
+    ids: np.ndarray  # (sum of lengths,) uint32: the documents' ids back to back
+
+    def documents(self) -> Iterator[np.ndarray]:
+        ends = np.cumsum(self.lengths)
+        for start, end in zip(ends - self.lengths, ends):
+            yield self.ids[start:end]
+
+
+def encode_chunk(chunk: Chunk, tok: Tokenizer, text_key: str, threads: int) -> EncodedChunk:
+    docs = chunk_documents(chunk, text_key)
+    encoded = tok.encode_batch(docs, threads=threads) if docs else []
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    ids = np.concatenate([np.asarray(x, dtype=np.uint32) for x in encoded]) if encoded else np.empty(0, np.uint32)
+    return EncodedChunk(lengths, ids)
+
+
+def _init_worker(tokenizer_dir: str, text_key: str) -> None:
+    global _worker
+    _worker = (Tokenizer.load(tokenizer_dir), text_key)
+
+
+def _encode_in_worker(chunk: Chunk) -> EncodedChunk:
+    tok, text_key = _worker
+    return encode_chunk(chunk, tok, text_key, threads=1)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def tokenized_chunks(chunks: Iterable[Chunk], tok: Tokenizer, text_key: str,
+                     workers: int) -> Iterator[EncodedChunk]:
+    """Encoded chunks in input order; ``workers <= 1`` encodes in this process (sentencepiece threads off)."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield encode_chunk(chunk, tok, text_key, threads=1)
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok.path), text_key)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
