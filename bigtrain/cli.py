@@ -125,6 +125,29 @@ def cmd_config_recipes(args: argparse.Namespace) -> None:
         print(f"{name:<12} {RECIPE_DIR / (name + '.yaml')}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from bigtrain.config.load import load_config
+    from bigtrain.plan import format_plan, make_plan
+
+    plan = make_plan(load_config(args.config, args.overrides), args.nodes, args.gpus_per_node, args.gpu_memory_gb,
+                     reserve_gb=args.reserve_gb)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from bigtrain.launch.submit import SubmitOptions, follow_text, submit
+
+    opts = SubmitOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
+                         partition=args.partition, time=args.time, account=args.account, qos=args.qos,
+                         cpus_per_task=args.cpus_per_task, mem=args.mem, constraint=args.constraint,
+                         exclusive=args.exclusive, job_name=args.job_name, folder=args.folder,
+                         max_requeues=args.max_requeues, signal_delay_s=args.signal_delay)
+    job = submit(args.config, args.overrides, opts)
+    print(follow_text(job, job.submission().function.run_dir), flush=True)
+    if args.wait:
+        print(json.dumps(job.results()[0]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigtrain", description="Pretrain Llama-style models with DeepSpeed "
                                      "ZeRO + megatron-core tensor parallelism; export to Hugging Face.")
@@ -222,6 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. parallel.zero_stage=1")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="dry run: parallel layout, per-GPU memory, tokens per step, warnings (instant)")
+    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True)
+    p.add_argument("--gpu-memory-gb", type=float, required=True, help="memory of one GPU in GiB (H100 80GB: 79.6)")
+    p.add_argument("--reserve-gb", type=float, default=2.0, help="CUDA context, NCCL, fragmentation (default 2)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (bigtrain.plan.Plan)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("submit", help="queue a run on SLURM with submitit (one task per GPU; requeues on timeout)")
+    p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node; one task per GPU")
+    p.add_argument("--tasks-per-node", type=int, default=None, help="default: --gpus-per-node (CPU clusters: set it)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default="24:00:00", help="time limit per start: MINUTES, HH:MM:SS or D-HH:MM:SS")
+    p.add_argument("--account", default=None)
+    p.add_argument("--qos", default=None)
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--mem", default=None, help="memory per node, e.g. 500G")
+    p.add_argument("--constraint", default=None)
+    p.add_argument("--exclusive", action="store_true")
+    p.add_argument("--job-name", default="bigtrain")
+    p.add_argument("--folder", default=None, help="submitit logs and pickles (default: <run.dir>/submitit)")
+    p.add_argument("--max-requeues", type=int, default=10, help="give up after this many timeouts (default 10)")
+    p.add_argument("--signal-delay", type=int, default=300, help="seconds before the time limit to save (default 300)")
+    p.add_argument("--wait", action="store_true", help="block until the run has finished and print its summary")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_submit)
 
     cfg = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     p = cfg.add_parser("show", help="print the resolved, validated config")

@@ -11,6 +11,7 @@ exit non-zero *after* finishing its work (a rare SIGABRT at interpreter exit, se
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,13 @@ def tail(stdout: str | bytes | None, stderr: str | bytes | None) -> str:
         return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
 
     return f"--- stdout (tail) ---\n{text(stdout)[-TAIL_CHARS:]}\n--- stderr (tail) ---\n{text(stderr)[-TAIL_CHARS:]}"
+
+
+def free_port() -> int:
+    """A port free right now, for launchers that need one named (``deepspeed --master_port``).
+
+    Racy by nature (another process may take it before the launcher binds it); prefer ``run_ranks``.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -74,3 +74,12 @@ def test_named_sizes_have_their_nominal_parameter_counts():
     assert get_size("7b-4l").layers == 4 and get_size("7b-4l").hidden == 4096
     with pytest.raises(UserError, match="7b-<k>l"):
         get_size("7b-0l")
+
+
+def test_micro_batch_from_the_planner_grows_with_gpu_memory():
+    from bigtrain.bench.config import bench_config, plan_micro_batch
+
+    cfg, _ = bench_config("1.3b", "cpu", ["train.precision=bf16"], 1)
+    small, large = plan_micro_batch(cfg, 1, gpu_memory_gb=24.0), plan_micro_batch(cfg, 1, gpu_memory_gb=80.0)
+    assert large is not None and (small or 0) < large  # an H100 fits more sequences of 2048 than a 24 GB card
+    assert plan_micro_batch(cfg, 1, gpu_memory_gb=4.0) is None  # nothing fits: the size's preset is kept

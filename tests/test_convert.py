@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -31,26 +30,12 @@ TEXT = Path(__file__).read_text()[:3000]  # some real text to evaluate on
 Z3_TIED, Z1_BF16 = "tp2_z3_tied_gqa_fp32", "tp2_z1_untied_gqa_bf16"
 FP32_RUNS = [Z3_TIED, "z2_untied", "z0_tied", "z3_dp1_untied"]
 
+pytestmark = pytest.mark.usefixtures("in_process_world")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     return trained_runs(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_process_env():
-    """load_model() creates a 1-rank process group and sets RANK/MASTER_PORT...: undo after this module."""
-    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]
-    saved = {k: os.environ.get(k) for k in keys}
-    yield
-    from bigtrain.parallel.world import destroy_world
-
-    destroy_world()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def hf_model(path: Path):

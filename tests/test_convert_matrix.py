@@ -16,7 +16,6 @@ Tolerances:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,27 +28,12 @@ from tiny_runs import EXTRA, MATRIX, RESHARD, VOCAB, trained_runs  # noqa: E402
 ATOL = 1e-4
 BF16_TOL = 0.05
 
+pytestmark = pytest.mark.usefixtures("in_process_world")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     return trained_runs(tmp_path_factory)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_process_env():
-    """load_model() creates a 1-rank process group and sets RANK/MASTER_PORT...: undo after this module."""
-    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "HF_HUB_OFFLINE"]
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    from bigtrain.parallel.world import destroy_world
-
-    destroy_world()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:

@@ -30,6 +30,8 @@ FILLER = ["the", "a", "today", "very", "and", "with", "was", "it"]
 OPPOSITES = [("hot", "cold"), ("up", "down"), ("big", "small"), ("fast", "slow"), ("open", "closed"),
              ("light", "dark"), ("early", "late"), ("full", "empty")]
 
+pytestmark = pytest.mark.usefixtures("in_process_world")
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -45,19 +47,6 @@ def classification_rows(n: int, seed: int) -> list[dict]:
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_process_env():
-    """The export's parity check creates a 1-rank process group here and sets RANK/MASTER_PORT...: undo."""
-    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]
-    saved = {k: os.environ.get(k) for k in keys}
-    yield
-    from bigtrain.parallel.world import destroy_world
-
-    destroy_world()
-    for key, value in saved.items():
-        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ HF_MODEL = dict(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidd
                 eos_token_id=2)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
+pytestmark = pytest.mark.usefixtures("in_process_world")
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
@@ -43,19 +45,6 @@ def shards(tmp_path_factory) -> Path:
 
     cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # shared with tests/test_reshard.py
     return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_process_env():
-    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "HF_HUB_OFFLINE"]
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    from bigtrain.parallel.world import destroy_world
-
-    destroy_world()
-    for key, value in saved.items():
-        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def make_hf(folder: Path, tokenizer_dir: Path, variant: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +105,46 @@ def test_wandb_is_off_by_default_and_validated_when_on(tmp_path):
         assert [type(s) for s in build_sinks(on)] == [TensorBoardSink, WandbSink]
     with pytest.raises(ConfigError, match="log.wandb: expected true or false"):
         load_config("debug", ["log.wandb=maybe"])
+
+
+WANDB_RUN = r"""
+import json, sys
+from bigtrain.config.load import load_config
+from bigtrain.train.sinks import WandbSink
+cfg = load_config("debug", [f"run.dir={sys.argv[1]}", "log.wandb=true", "run.name=wb"])
+out = []
+for rows in ([{"step": 1, "loss": 3.5, "val_loss": 3.0, "tag": "x"}, {"step": 2, "loss": 3.25}], [{"step": 3, "loss": 3.0}]):
+    sink = WandbSink(cfg)
+    sink.open(rows[0]["step"] - 1)  # the second open is a restart of the same bigtrain run
+    for row in rows:
+        sink.log(row, row["step"])
+    out.append({"id": sink.run.id, "name": sink.run.name, "offline": sink.run.offline,
+                "summary": {k: sink.run.summary.get(k) for k in ("train/loss", "val/loss")}})
+    sink.close()
+print(json.dumps(out))
+"""
+
+
+def test_wandb_sink_logs_offline_and_a_restart_continues_the_same_run(tmp_path):
+    """The real wandb in offline mode (no network): rows land in the run; a restart reuses its id."""
+    pytest.importorskip("wandb", reason="wandb is in the dev extra; install bigtrain[dev]")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", WANDB_RUN, str(run_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = json.loads(proc.stdout.strip().splitlines()[-1])
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    assert first["id"] == second["id"] == run_id and first["name"] == "wb" and first["offline"]
+    assert first["summary"] == {"train/loss": 3.25, "val/loss": 3.0}  # the last value of each scalar
+    assert second["summary"]["train/loss"] == 3.0  # the restart logs into the same run
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))) >= 1
 
 
 def test_peak_memory_kind_on_this_machine():

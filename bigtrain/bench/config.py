@@ -2,8 +2,8 @@
 
 Defaults: bf16 on CUDA, fp32 on CPU; ``--accum`` micro-batches per step (4 on CUDA, 1 on CPU);
 no checkpoints (only ``metrics.jsonl`` is written, in ``run.dir``). The micro batch is, in this order: ``train.micro_batch_size=``
-if given, else the largest power of two that ``bigtrain plan`` says fits the device (CUDA, once
-bigtrain/plan.py exists), else the size's preset (sizes.py). The JSON result says which
+if given, else on CUDA the largest power of two that ``bigtrain plan`` (bigtrain/plan.py) says fits
+the device, else the size's preset (sizes.py). The JSON result says which
 (``micro_batch_source``).
 """
 
@@ -44,29 +44,26 @@ def bench_config(size_name: str, device_type: str, overrides: list[str], world_s
     return cfg, source
 
 
-def with_micro_batch(cfg: Config, micro: int) -> Config:
+def with_micro_batch(cfg: Config, micro: int, global_batch: int | None = None) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro,
-                                                              global_batch_size=micro))
+                                                              global_batch_size=global_batch or micro))
 
 
-def plan_micro_batch(cfg: Config, world_size: int) -> int | None:
-    """Largest micro batch that ``bigtrain plan`` (issue 5) says fits this GPU; None without the planner.
+def plan_micro_batch(cfg: Config, world_size: int, gpu_memory_gb: float | None = None) -> int | None:
+    """Largest micro batch (a power of two) that ``bigtrain plan`` says fits one GPU of this memory
+    (default: the current CUDA device's). The planner counts activations without checkpointing, so
+    with checkpointing on this choice is conservative."""
+    from bigtrain.plan import make_plan
 
-    The planner counts activations without checkpointing, so with it on this choice is conservative.
-    """
-    try:
-        from bigtrain.plan import make_plan
-    except ImportError:
-        return None
-    import torch
+    if gpu_memory_gb is None:
+        import torch
 
-    gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        gpu_memory_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+    dp = max(world_size // cfg.parallel.tensor_parallel, 1)
     best = None
     for micro in MICRO_BATCH_CANDIDATES:
-        dp = max(world_size // cfg.parallel.tensor_parallel, 1)
-        trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro,
-                                                                   global_batch_size=micro * dp))
-        if not make_plan(trial, nodes=1, gpus_per_node=world_size, gpu_memory_gb=gib).fits:
+        trial = with_micro_batch(cfg, micro, micro * dp)
+        if not make_plan(trial, nodes=1, gpus_per_node=world_size, gpu_memory_gb=gpu_memory_gb).fits:
             break
         best = micro
     return best

@@ -48,8 +48,13 @@ def launch_env() -> LaunchEnv:
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
     else:
         rank, world, local = 0, 1, 0
-    addr = env.get("MASTER_ADDR", "127.0.0.1")
-    port = int(env.get("MASTER_PORT", 29500))
+    if world > 1 and "MASTER_ADDR" not in env and "SLURM_JOB_NODELIST" in env:
+        from bigtrain.launch.rendezvous import slurm_master  # plain `srun python ...`: first node, port from job id
+
+        addr, port = slurm_master(env)
+    else:
+        addr = env.get("MASTER_ADDR", "127.0.0.1")
+        port = int(env.get("MASTER_PORT", 29500))
     return LaunchEnv(rank, world, local, addr, port)
 
 

@@ -1,4 +1,4 @@
-"""Stop cleanly on SIGTERM / SIGUSR1 (what SLURM sends before a time limit or on preemption).
+"""Stop cleanly on SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM sends before a time limit or on preemption).
 
 The handler only sets a flag. After each step the ranks agree (all-reduce MAX) on whether any of
 them was signalled, so every rank stops after the *same* step; the loop then ends, the checkpoint
@@ -17,7 +17,8 @@ from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure; retry later"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGUSR1: slurm/pretrain.sh's --signal; SIGUSR2: submitit's (bigtrain/launch/job.py hands it back to submitit)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class SignalStop(Callback):

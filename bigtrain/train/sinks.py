@@ -6,6 +6,7 @@ everything else under ``train/``. Rank 0 only.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from bigtrain.config.load import to_dict
@@ -55,14 +56,15 @@ class WandbSink:
 
         run_dir = Path(self.cfg.run.dir)
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]  # W&B ids: [a-z0-9]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(project=self.cfg.log.wandb_project, entity=self.cfg.log.wandb_entity or None,
                               name=self.cfg.run.name or run_dir.name, dir=str(run_dir), id=run_id,
                               resume="allow", config=to_dict(self.cfg))
 
     def log(self, row: dict, step: int) -> None:
-        self.run.log(scalars(row), step=step)
+        # commit: a row is complete when logged; uncommitted it would wait for the next step (lost on a kill)
+        self.run.log(scalars(row), step=step, commit=True)
 
     def close(self) -> None:
         if self.run is not None:
