@@ -86,8 +86,16 @@ def run(size: str, device: str | None, steps: int, warmup: int | None, accum: in
     if not world.is_main:
         return None
     return {"size": size, "micro_batch_source": source, "data_path": str(sources[0].path), **result,
-            "command": shlex.join(["bigtrain", *sys.argv[1:]]) if sys.argv[0].endswith("bigtrain") else
-            shlex.join([sys.executable, *sys.argv]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "command": command_line(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def command_line() -> str:
+    """How this bench was started, as one would type it again."""
+    if sys.argv[0].endswith("bigtrain"):
+        return shlex.join(["bigtrain", *sys.argv[1:]])
+    if sys.argv[0].endswith(("bigtrain/cli.py", "bigtrain/__main__.py")):  # python -m bigtrain.cli
+        return shlex.join(["python", "-m", "bigtrain.cli", *sys.argv[1:]])
+    return shlex.join([sys.executable, *sys.argv])
 
 
 def summary(result: dict) -> str:
