@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from launch import run_ranks
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bigtrain.config.load import load_config
@@ -22,7 +23,6 @@ from bigtrain.config.schema import ModelConfig
 from bigtrain.config.validate import config_errors
 from bigtrain.model.attention import causal_attention
 from bigtrain.parallel.optimize import compile_problem, optimize_model
-from launch import run_ranks
 
 FP32_TOL = 1e-5  # measured: <= 1e-6 (math vs flash kernels sum in another order; compile fuses)
 BF16_TOL = 2e-2  # bf16 rounding of one 2-layer model's loss after 4 updates

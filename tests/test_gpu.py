@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import run_ranks
 
 from bigtrain.model.attention import causal_attention
-from launch import run_ranks
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible to torch)")]
@@ -67,7 +67,7 @@ def test_bench_125m_on_cuda_keeps_the_contract(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "bigtrain.cli", "bench", "--size", "125m", "--device", "cuda",
                            "--steps", "5", "--json", f"run.dir={tmp_path / 'run'}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)
     print(proc.stderr[-1500:])

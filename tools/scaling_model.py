@@ -60,8 +60,9 @@ def memory_gb(m: Model, nodes: int, tp: int, micro: int, ac: str) -> float:
 
 
 def table(rate: float, nvlink: float, ib: float) -> str:
-    rows = ["| model | nodes x 8 | TP | micro batch | compute ms | ZeRO-3 comm ms | TP comm ms | comm-bound | "
-            "tokens/s/GPU | MFU | memory GiB (selective AC) |", "|" + "---|" * 11]
+    header = ("| model | nodes x 8 | TP | micro batch | compute ms | ZeRO-3 comm ms | TP comm ms | comm-bound | "
+              "tokens/s/GPU | MFU | memory GiB (selective AC) |")
+    rows = [header, "|" + "---|" * 11]
     for m in MODELS:
         for nodes in (1, 4, 16, 64):
             for tp in (1, 2, 4, 8):
@@ -91,5 +92,6 @@ def parse() -> argparse.Namespace:
 if __name__ == "__main__":
     ARGS = parse()
     if ARGS.bench:
-        ARGS.mfu = json.load(open(ARGS.bench))["mfu"]
+        with open(ARGS.bench) as f:
+            ARGS.mfu = json.load(f)["mfu"]
     print(table(ARGS.peak * 1e12 * ARGS.mfu, ARGS.nvlink * 1e9, ARGS.ib * 1e9))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bigtrain.bench.sizes import Size, get_size
+from bigtrain.bench.sizes import get_size
 from bigtrain.config.load import load_config, parse_override
 from bigtrain.config.schema import Config
 
@@ -67,7 +67,3 @@ def plan_micro_batch(cfg: Config, world_size: int, gpu_memory_gb: float | None =
             break
         best = micro
     return best
-
-
-def describe_size(size: Size) -> dict:
-    return dataclasses.asdict(size)

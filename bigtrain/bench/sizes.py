@@ -55,7 +55,3 @@ def get_size(name: str) -> Size:
         return Size(**{**base.__dict__, "layers": int(match.group(1))})
     raise UserError(f"--size {name!r}: expected one of {sorted(SIZES)} or 7b-<k>l (the 7B width with k layers, "
                     "e.g. 7b-4l)")
-
-
-def size_names() -> list[str]:
-    return [*SIZES, "7b-<k>l"]

@@ -9,11 +9,10 @@ Python between phases, the loss all-reduce, the non-finite agreement, the host s
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psutil
 import torch
@@ -82,13 +81,13 @@ class PeakMemory:
         self.running = False
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "rss_sampled"
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "PeakMemory":
+    def start(self) -> PeakMemory:
         self.running = True
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -121,10 +120,6 @@ class PeakMemory:
     @property
     def gb(self) -> float:
         return self.peak_bytes / 2**30
-
-
-def process_peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def cpu_seconds() -> float:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
