@@ -6,7 +6,8 @@ Each ``NAME key=value ...`` group (separated by ``--``) builds a fresh engine wi
 ``build_engine`` (same seed: the same initial weights) and trains ``train.steps`` steps with the real
 ``train_step`` on the same micro-batches (the real loader over SHARD_DIR: seq_len 64, vocabulary 1024), so the
 runs differ only in their settings. Rank 0 writes ``{NAME: {"losses": [per step],
-"compiled_graphs": N}, ...}`` to OUT.json.
+"compiled_graphs": N, "patched_torch_linear": bool}, ...}`` to OUT.json (DeepSpeed's ZeRO-3
+``memory_efficient_linear`` would replace ``torch.nn.functional.linear`` process-wide).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from bigtrain.config.load import load_config
@@ -34,6 +36,7 @@ def run(overrides: list[str], world, shards: Path) -> dict:
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
+    linear = torch.nn.functional.linear
     cfg = load_config(None, [*BASE, *overrides])
     engine, _ = build_engine(cfg, world, cfg.model.vocab_size)
     t = cfg.train
@@ -43,7 +46,8 @@ def run(overrides: list[str], world, shards: Path) -> dict:
     losses = [train_step(engine, batches, accum, world.device).loss for _ in range(t.steps)]
     engine.destroy()
     dist.barrier()
-    return {"losses": losses, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
+    return {"losses": losses, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs,
+            "patched_torch_linear": torch.nn.functional.linear is not linear}
 
 
 def groups(args: list[str]) -> list[list[str]]:

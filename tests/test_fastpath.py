@@ -159,6 +159,8 @@ def test_every_switch_keeps_loss_parity_through_zero3_on_two_ranks(tmp_path, sha
         ["bf16_fast", "train.precision=bf16", "model.activation_checkpointing=selective",
          "model.attention_backend=flash"])
     assert all(not math.isnan(x) for run in fp32.values() for x in run["losses"])
+    # ZeRO-3 must leave torch alone: no process-wide F.linear swap (ds_configs/zero3.json, memory_efficient_linear)
+    assert not any(run["patched_torch_linear"] for run in fp32.values())
     assert_parity({k: v for k, v in fp32.items() if not k.startswith("bf16")}, "plain", FP32_TOL)
     assert_parity({k: v for k, v in fp32.items() if k.startswith("bf16")}, "bf16", BF16_TOL)
     assert abs(fp32["bf16"]["losses"][0] - fp32["plain"]["losses"][0]) <= BF16_TOL
