@@ -154,7 +154,9 @@ def test_every_switch_keeps_loss_parity_through_zero3_on_two_ranks(tmp_path, sha
         ["flash", "model.attention_backend=flash"], ["ac_full", "model.activation_checkpointing=full"],
         ["ac_selective", "model.activation_checkpointing=selective"],
         ["zero3_knobs", "parallel.prefetch_bucket_size=1000", "parallel.max_live_parameters=5000",
-         "parallel.max_reuse_distance=1000", "parallel.overlap_comm=true", "parallel.contiguous_gradients=false"],
+         "parallel.max_reuse_distance=1000", "parallel.overlap_comm=true", "parallel.contiguous_gradients=false",
+         "parallel.sub_group_size=1000"],
+        ["unfused_adam", "train.fused_adam=false"],
         ["bf16", "train.precision=bf16"],
         ["bf16_fast", "train.precision=bf16", "model.activation_checkpointing=selective",
          "model.attention_backend=flash"])

@@ -118,8 +118,9 @@ class TrainConfig:
     seed: int = doc(1234, "Seed for initialisation and data order.")
     fused_adam: bool = doc(True, "torch.optim.AdamW(fused=True): one fused kernel per tensor on CPU and CUDA "
                            "(measured 3-7x faster than the default on a 20M model on CPU); false = PyTorch's default.")
-    compile: bool = doc(False, "torch.compile each transformer block in place (fuses RMSNorm, RoPE, SwiGLU and the "
-                        "residual adds; parameter names unchanged). See bigtrain/parallel/optimize.py.")
+    compile: bool = doc(False, "torch.compile (inductor) the layers' parameter-free math: RMSNorm, RoPE + attention, "
+                        "SwiGLU (parameter names unchanged; needs a C++ compiler on CPU, Triton on CUDA). See "
+                        "bigtrain/parallel/optimize.py.")
     precision: str = doc("fp32", "fp32, bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) or fp16 "
                          "(fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
     max_consecutive_skips: int = doc(
