@@ -97,6 +97,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"plot written to {plot_run(Path(args.run_dir), args.out)}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from bigtrain.bench.main import main
+
+    main(args)
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     from bigtrain.config import dump_yaml, load_config, validate
 
@@ -222,6 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", default=None, metavar="PNG", help="default: RUN_DIR/metrics.png")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="training throughput of a named model size through the full stack, "
+                       "beside the same model in bare PyTorch (tokens/s, MFU, step breakdown, memory)")
+    p.add_argument("--size", required=True, help="20m (CPU), 125m, 350m, 1.3b, 7b or 7b-<k>l (7B width, k layers)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--steps", type=int, default=10, help="measured steps, after the warm-up (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="unmeasured first steps (default 2; 3 with train.compile)")
+    p.add_argument("--accum", type=int, default=None,
+                   help="micro-batches per step unless train.global_batch_size is given (default 4 on CUDA, 1 on CPU)")
+    p.add_argument("--bare", choices=["auto", "interleaved", "sequential", "none"], default="auto",
+                   help="the bare PyTorch baseline: one bare step after each bigtrain step (interleaved: same machine "
+                   "load; default on CPU), after bigtrain's run (sequential: separate peak memory; default on CUDA), "
+                   "or none")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. parallel.zero_stage=1")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plan", help="dry run: parallel layout, per-GPU memory, tokens per step, warnings (instant)")
     p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")

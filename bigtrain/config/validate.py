@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from bigtrain.config.load import ConfigError
-from bigtrain.config.schema import Config
+from bigtrain.config.schema import ACTIVATION_CHECKPOINTING, ATTENTION_BACKENDS, Config
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -67,6 +67,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
     errors += fault_tolerance_errors(cfg)
+    errors += fast_path_errors(cfg)
     need(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = off), got {cfg.eval.every}")
     need(cfg.eval.batches > 0, f"eval.batches must be positive, got {cfg.eval.batches}")
     need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
@@ -131,4 +132,37 @@ def fault_tolerance_errors(cfg: Config) -> list[str]:
     if cfg.log.wandb and importlib.util.find_spec("wandb") is None:
         errors.append("log.wandb=true but the wandb package is not installed: pip install wandb "
                       "(or pip install 'bigtrain[wandb]'), or set log.wandb=false")
+    return errors
+
+
+def fast_path_errors(cfg: Config) -> list[str]:
+    """Attention kernel, activation checkpointing and ZeRO-3 knobs (issue 7)."""
+    m, p = cfg.model, cfg.parallel
+    errors = []
+    if m.attention_backend not in ATTENTION_BACKENDS:
+        errors.append(f"model.attention_backend must be one of {ATTENTION_BACKENDS}, got {m.attention_backend!r}")
+    elif m.attention_backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
+        errors.append("model.attention_backend=flash_attn but the flash-attn package is not installed: "
+                      "pip install flash-attn (CUDA only), or use model.attention_backend=flash")
+    if cfg.train.compile:
+        import torch
+
+        from bigtrain.parallel.optimize import compile_problem
+
+        problem = compile_problem("cuda" if torch.cuda.is_available() else "cpu")
+        if problem:
+            errors.append(f"train.compile=true: {problem}; or set train.compile=false")
+    if m.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+        errors.append(f"model.activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
+                      f"got {m.activation_checkpointing!r}")
+    for key, value in [("parallel.prefetch_bucket_size", p.prefetch_bucket_size),
+                       ("parallel.bucket_size", p.bucket_size)]:
+        if value < 0:
+            errors.append(f"{key} must be >= 0 (0 = the default for the device), got {value}")
+    if p.sub_group_size < 0:
+        errors.append(f"parallel.sub_group_size must be >= 0 (0 = the default for the device), got {p.sub_group_size}")
+    for key, value in [("parallel.max_live_parameters", p.max_live_parameters),
+                       ("parallel.max_reuse_distance", p.max_reuse_distance)]:
+        if value <= 0:
+            errors.append(f"{key} must be positive, got {value}")
     return errors

@@ -40,7 +40,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, world) -> LlamaModel:
     from bigtrain.parallel.engine import tp_layer_config
 
     tp = dataclasses.replace(tp_layer_config(Config(model=cfg), world), perform_initialization=False)
-    return LlamaModel(cfg, vocab_size, tp)
+    # the training run's attention kernel (e.g. flash_attn on a GPU) may not exist here: same function, default kernel
+    return LlamaModel(dataclasses.replace(cfg, attention_backend="auto"), vocab_size, tp)
 
 
 def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = None) -> tuple[LlamaModel, dict]:

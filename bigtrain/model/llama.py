@@ -28,6 +28,7 @@ from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLine
 from torch import nn
 
 from bigtrain.config.schema import ModelConfig
+from bigtrain.model.attention import causal_attention
 from bigtrain.model.rope import apply_rope, rope_cache
 
 PAD_LOGIT = -1.0e30  # exp() underflows to exactly 0 in fp32 and bf16
@@ -50,12 +51,39 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
+        self.compute = rms_norm  # the parameter-free math; train.compile swaps in a compiled copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.compute(x, self.weight, self.eps)
+
+
+# The parameter-free math of each layer, as plain functions of tensors: what bigtrain/parallel/optimize.py
+# compiles (train.compile) without tracing the layers' parameter hooks (DeepSpeed ZeRO-3 gathers).
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """(..., 2F) = [gate; up] -> silu(gate) * up (..., F)."""
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def attention_core(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, groups: int, q_per_group: int,
+                   head_dim: int, backend: str) -> torch.Tensor:
+    """Fused projections (B, T, G*(q_per_group+2)*D) -> RoPE -> causal attention -> (B, T, H*D)."""
+    B, T, _ = qkv.shape
+    qkv = qkv.view(B, T, groups, q_per_group + 2, head_dim)
+    q = qkv[:, :, :, :q_per_group].reshape(B, T, -1, head_dim)  # (B, T, H, D)
+    k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
+    y = causal_attention(q, k, v, backend)  # (B, H, T, D)
+    return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
 
 
 class Attention(nn.Module):
@@ -65,24 +93,19 @@ class Attention(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.q_per_group = cfg.num_heads // cfg.num_kv_heads
         self.local_groups = cfg.num_kv_heads // tp_size
+        self.backend = cfg.attention_backend  # which kernel computes softmax(QK^T)V: attention.py
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         qkv_size = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
         self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_size, config=tp, bias=False, gather_output=False,
                                         init_method=normal_init(cfg.init_std))
         self.proj = RowParallelLinear(cfg.num_heads * self.head_dim, cfg.hidden_size, config=tp, bias=False,
                                       input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+        self.compute = attention_core
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
         qkv, _ = self.qkv(x)  # (B, T, G*(q_per_group+2)*D)
-        qkv = qkv.view(B, T, self.local_groups, self.q_per_group + 2, self.head_dim)
-        q = qkv[:, :, :, : self.q_per_group].reshape(B, T, -1, self.head_dim)  # (B, T, H, D)
-        k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.q_per_group > 1)
-        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
-        out, _ = self.proj(y)
+        y = self.compute(qkv, cos, sin, self.local_groups, self.q_per_group, self.head_dim, self.backend)
+        out, _ = self.proj(y)  # (B, T, C)
         return out
 
 
@@ -96,11 +119,11 @@ class MLP(nn.Module):
                                         gather_output=False, stride=2, init_method=normal_init(cfg.init_std))
         self.fc2 = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, config=tp, bias=False,
                                      input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+        self.compute = swiglu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.fc1(x)  # (B, T, 2*F/tp) = [gate_r; up_r]
-        gate, up = h.chunk(2, dim=-1)
-        out, _ = self.fc2(F.silu(gate) * up)
+        out, _ = self.fc2(self.compute(h))
         return out
 
 

@@ -1,6 +1,7 @@
 """The one place bigtrain imports DeepSpeed, so its process-wide settings are applied first.
 
-- ``DS_ACCELERATOR=cpu`` when torch has no CUDA device (DeepSpeed reads it at import time).
+- ``DS_ACCELERATOR=cpu`` when torch has no CUDA device (DeepSpeed reads it at import time), and
+  then ``LOCAL_SIZE`` (ranks on this host), which spares a subprocess per ZeRO-3 gradient bucket.
 - DeepSpeed's CPU comm backend JIT-compiles a shared-memory op (``deepspeed_shm_comm``, ~60 s on
   2 cores) on *every* ``init_distributed``; it only speeds up inference all-reduce, so we mark it
   incompatible in ``deepspeed.ops.__compatible_ops__`` and training collectives go through gloo.
@@ -23,6 +24,11 @@ def import_deepspeed():
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if os.environ.get("DS_ACCELERATOR") == "cpu":
+        # Without LOCAL_SIZE, the CPU accelerator's device_count() runs `numactl --hardware` in a
+        # subprocess on every call, and ZeRO-3 calls it once per gradient bucket (~20 forks a step).
+        local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "")
+        os.environ.setdefault("LOCAL_SIZE", local if local.isdigit() else "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torch.distributed.*deprecated.*")
     import deepspeed

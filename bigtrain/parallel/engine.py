@@ -1,7 +1,8 @@
 """Wrap the plain model in a DeepSpeed ZeRO engine over megatron's data-parallel group.
 
 Order (fixed): DeepSpeed config from ds_configs/ templates -> model built under ``zero.Init``
-(ZeRO-3 partitions each TP shard across the data-parallel group only) -> ``deepspeed.initialize``
+(ZeRO-3 partitions each TP shard across the data-parallel group only) -> the fast-path switches
+(activation checkpointing, compile: optimize.py) -> ``deepspeed.initialize``
 with the megatron mpu adapter, AdamW param groups and the warmup+cosine schedule.
 """
 
@@ -20,6 +21,7 @@ from bigtrain.config.schema import Config
 from bigtrain.model.llama import LlamaModel
 from bigtrain.parallel.dsenv import import_deepspeed
 from bigtrain.parallel.mpu import MegatronMpu
+from bigtrain.parallel.optimize import optimize_model
 from bigtrain.parallel.world import World
 from bigtrain.train.schedule import lr_lambda
 
@@ -58,19 +60,33 @@ def build_ds_config(cfg: Config, dp_size: int, on_gpu: bool) -> dict[str, Any]:
         ds = deep_merge(ds, load_json(TEMPLATE_DIR / "cpu_offload.json"))
     if p.ds_config:
         ds = deep_merge(ds, load_json(Path(p.ds_config)))
-    bucket = p.bucket_size or (500_000_000 if on_gpu else 1_000_000)
-    persistence = p.param_persistence_threshold if p.param_persistence_threshold >= 0 else (
-        100_000 if on_gpu else 0)
     autos = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * dp_size),
         "gradient_clipping": t.grad_clip,
         "lr": t.lr, "betas": [t.beta1, t.beta2], "eps": t.eps, "weight_decay": t.weight_decay,
-        "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
-        "stage3_prefetch_bucket_size": bucket, "stage3_param_persistence_threshold": persistence,
+        "fused": t.fused_adam,
+        **zero_knobs(cfg, on_gpu),
     }
     return fill_auto(ds, autos)
+
+
+def zero_knobs(cfg: Config, on_gpu: bool) -> dict[str, Any]:
+    """ZeRO's communication knobs from ``parallel.*`` (defaults per device: ds_configs/README.md)."""
+    p = cfg.parallel
+    bucket = p.bucket_size or (500_000_000 if on_gpu else 1_000_000)
+    prefetch = p.prefetch_bucket_size or p.bucket_size or (50_000_000 if on_gpu else 1_000_000)
+    persistence = p.param_persistence_threshold if p.param_persistence_threshold >= 0 else (
+        100_000 if on_gpu else 0)
+    return {
+        "reduce_bucket_size": bucket, "allgather_bucket_size": bucket,
+        "stage3_prefetch_bucket_size": prefetch, "stage3_param_persistence_threshold": persistence,
+        "stage3_max_live_parameters": p.max_live_parameters, "stage3_max_reuse_distance": p.max_reuse_distance,
+        "overlap_comm": on_gpu if p.overlap_comm is None else p.overlap_comm,
+        "contiguous_gradients": p.contiguous_gradients,
+        "sub_group_size": p.sub_group_size or (1_000_000_000 if on_gpu else 1_000_000),
+    }
 
 
 def fill_auto(node: Any, autos: dict[str, Any], path: str = "") -> Any:
@@ -104,7 +120,7 @@ def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> 
     if cfg.parallel.zero_stage == 3 and cfg.model.tie_embeddings:
         # The output layer reads the embedding's weight: ZeRO-3 must gather it for lm_head too.
         deepspeed.zero.register_external_parameter(model.lm_head, model.embed.weight)
-    return model
+    return optimize_model(model, cfg.model.activation_checkpointing, cfg.train.compile)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -55,7 +55,10 @@ class NonFiniteGuard:
                       if p.requires_grad] if check_grads else []
 
     def _check_grad(self, grad: torch.Tensor) -> None:
-        torch.logical_or(self.bad_grad, ~torch.isfinite(grad).all(), out=self.bad_grad)
+        # A NaN or Inf element makes the sum non-finite: one read of the gradient and no temporary of
+        # its size (isfinite(grad).all() cost ~4% of a CPU step). Only a finite gradient whose sum
+        # exceeds 3.4e38 would be flagged too.
+        torch.logical_or(self.bad_grad, ~torch.isfinite(grad.sum()), out=self.bad_grad)
 
     def begin_step(self, step: int) -> None:
         self.step = step

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
 from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
-from bigtrain.config.schema import Config
+from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
 from bigtrain.config.validate import validate
 from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
@@ -92,7 +92,9 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     if folder is None:
         return
     meta = read_meta(folder)
-    ignore = {"seq_len"} if meta.get("weights_only") or folder.parent != Path(cfg.run.dir) / CHECKPOINT_DIR else set()
+    # execution keys (kernels, checkpointing) change how the model computes, not what: a resume may differ
+    other_run = meta.get("weights_only") or folder.parent != Path(cfg.run.dir) / CHECKPOINT_DIR
+    ignore = set(MODEL_EXECUTION_KEYS) | ({"seq_len"} if other_run else set())
     ours = to_dict(cfg)["model"]
     diff = {k: (v, meta["model"].get(k)) for k, v in ours.items() if k not in ignore and meta["model"].get(k) != v}
     if diff:

@@ -1,0 +1,1 @@
+"""``bigtrain bench``: training throughput through the full stack beside a bare PyTorch baseline (main.py)."""
