@@ -82,8 +82,21 @@ def wait_for_step(run_dir: Path, step: int, timeout: float = 300, job_id: int | 
     raise AssertionError(f"{path} did not reach step {step} in {timeout} s")
 
 
-def sacct_starts(job_id: int) -> list[tuple[str, str]]:
-    """(state, exit code) of every start of the job, oldest first (``sacct -D`` keeps requeued ones)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", str(job_id), "-o", "State,ExitCode"],
-                         capture_output=True, text=True, check=True)
-    return [tuple(line.split("|")) for line in out.stdout.split("\n") if line.strip()]
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
+                "BOOT_FAIL", "DEADLINE")
+
+
+def sacct_starts(job_id: int, timeout: float = 60) -> list[tuple[str, str]]:
+    """(state, exit code) of every start of a finished job, oldest first (``sacct -D`` keeps requeued ones).
+
+    slurmdbd records a job's end a moment after slurmctld reports it (seen: RUNNING in sacct while
+    ``scontrol`` already said COMPLETED), so this waits until the last start has a final state.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", str(job_id), "-o", "State,ExitCode"],
+                             capture_output=True, text=True, check=True)
+        starts = [tuple(line.split("|")) for line in out.stdout.split("\n") if line.strip()]
+        if (starts and starts[-1][0].startswith(FINAL_STATES)) or time.monotonic() > deadline:
+            return starts
+        time.sleep(1)
