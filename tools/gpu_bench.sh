@@ -19,7 +19,6 @@ cd "$(dirname "$0")/.."
 
 wheels() {
     mkdir -p .whl
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> "$(git rev-parse --git-common-dir)/info/exclude"
     python3 -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8 || exit 1
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
