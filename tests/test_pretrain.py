@@ -21,18 +21,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import REPO, run_ranks  # noqa: E402
+from tiny_run import MODEL_8_STEPS as MODEL  # noqa: E402
 
 PARITY_TOL = 1e-5
-MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
-         "model.ffn_hidden_size=176", "model.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=2",
-         "train.steps=8", "train.warmup_steps=2", "checkpoint.every=4", "log.every=1", "log.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     from bigtrain.data.embedded import ensure_embedded_dataset
 
-    return ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.mktemp("cache"), vocab_size=1024)
+    return ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.getbasetemp() / "bigtrain-cache", vocab_size=1024)
 
 
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> list[dict]:

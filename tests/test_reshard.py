@@ -21,11 +21,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import run_ranks  # noqa: E402
+from tiny_run import MODEL_8_STEPS as MODEL  # noqa: E402
 
 TOL = 1e-5
-MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
-         "model.ffn_hidden_size=176", "model.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=2",
-         "train.steps=8", "train.warmup_steps=2", "checkpoint.every=4", "log.every=1", "log.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,11 @@ TINY = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "mode
         "model.ffn_hidden_size=176", "model.seq_len=64", "parallel.tensor_parallel=2", "parallel.zero_stage=3",
         "train.global_batch_size=8", "train.micro_batch_size=2", f"train.steps={STEPS}", "train.warmup_steps=2",
         "checkpoint.every=0", "log.every=1", "log.tensorboard=false", "eval.every=0"]
+# The same model, 8 steps with checkpoints at 4 and 8: the parity and resharding tests (test_pretrain, test_reshard).
+MODEL_8_STEPS = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
+                 "model.ffn_hidden_size=176", "model.seq_len=64", "train.global_batch_size=8",
+                 "train.micro_batch_size=2", "train.steps=8", "train.warmup_steps=2", "checkpoint.every=4",
+                 "log.every=1", "log.tensorboard=false"]
 _cache: dict[str, object] = {}
 
 
@@ -25,7 +30,7 @@ def tiny_shards(tmp_path_factory) -> Path:
     if "shards" not in _cache:
         from bigtrain.data.embedded import ensure_embedded_dataset
 
-        cache = tmp_path_factory.getbasetemp() / "tiny-cache"
+        cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # the one embedded build of the session
         _cache["shards"] = ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
     return _cache["shards"]
 
