@@ -49,7 +49,11 @@ ROWS_GPU=(
     "1.3b 3 full"
     "7b-4l 3 selective"
 )
-ROWS_CPU=("20m 3 none" "20m 1 none")
+ROWS_CPU=(
+    "20m 1 none" "20m 1 selective" "20m 1 full"
+    "20m 2 none" "20m 2 selective" "20m 2 full"
+    "20m 3 none" "20m 3 selective" "20m 3 full"
+)
 
 run() {
     local out=${1:?usage: tools/gpu_bench.sh run OUT_DIR}
