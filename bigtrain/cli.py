@@ -13,9 +13,12 @@ from pathlib import Path
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from bigtrain.parallel.world import launch_env
     from bigtrain.pretrain import main
 
-    sys.exit(main((["--config", args.config] if args.config else []) + args.overrides))
+    # one process has no tensor-parallel partner: the recipe's TP (debug: 2) yields to 1 unless overridden
+    single = ["parallel.tensor_parallel=1"] if launch_env().world_size == 1 else []
+    sys.exit(main((["--config", args.config] if args.config else []) + single + args.overrides))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ZeRO + megatron-core tensor parallelism; export to Hugging Face.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="run pretraining in this process (one rank; use deepspeed/torchrun for more)")
+    p = sub.add_parser("pretrain", help="run pretraining in this process (one rank, parallel.tensor_parallel=1 "
+                       "unless overridden; use deepspeed/torchrun for more)")
     p.add_argument("--config", default=None,
                    help="recipe name or YAML path (default: <run.dir>/config.yaml if it exists, else debug)")
     p.add_argument("overrides", nargs="*", metavar="key=value")

@@ -7,3 +7,7 @@ anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the file, key or value and what is expected."""
+
+    # True when every rank of a job raises the same error (the checks before any process group read
+    # the same config and files): then rank 0 alone prints it, not once per rank
+    agreed = False

@@ -54,13 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     from bigtrain.config.load import load_config
     from bigtrain.errors import UserError
 
+    from bigtrain.parallel.world import launch_env
+
+    rank = launch_env().rank
     try:
-        cfg = load_config(args.config, args.overrides)
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except UserError as exc:
+            exc.agreed = True  # the same config on every rank
+            raise
         from bigtrain.train.run import pretrain
 
         trainer = pretrain(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if rank == 0 or not exc.agreed:  # an error every rank raised is printed once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     if trainer.failed:
         from bigtrain.train.faults import DIVERGED_EXIT_CODE

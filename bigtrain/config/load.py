@@ -9,6 +9,7 @@ type or bad value raises :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -92,8 +93,8 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}: valid keys under {prefix.rstrip('.') or 'the top level'} "
-            f"are {sorted(fields)}")
+            f"unknown key {prefix}{unknown[0]}{did_you_mean(prefix, unknown[0], fields)}: valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'} are {sorted(fields)}")
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"
@@ -103,6 +104,15 @@ def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
         else:
             kwargs[name] = coerce(key, hint, value)
     return cls(**kwargs)
+
+
+def did_you_mean(prefix: str, name: str, fields: typing.Iterable[str]) -> str:
+    """" (did you mean train.steps?)" for a near miss in the same section or the same name in another, else ""."""
+    close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix}{close[0]}?)"
+    elsewhere = [key for key, _, _ in field_help() if key.rsplit(".", 1)[-1] == name]
+    return f" (did you mean {elsewhere[0]}?)" if elsewhere else ""
 
 
 def coerce(key: str, hint: Any, value: Any) -> Any:

@@ -16,8 +16,12 @@ BACKENDS = ("auto", "nccl", "gloo")
 
 
 def validate(cfg: Config, world_size: int | None = None) -> None:
-    """Raise ConfigError on the first problem found. ``world_size`` enables the layout checks."""
-    errors = config_errors(cfg, world_size)
+    """Raise ConfigError naming every problem found. ``world_size`` enables the layout checks."""
+    raise_all(config_errors(cfg, world_size))
+
+
+def raise_all(errors: list[str]) -> None:
+    """One ConfigError for all ``errors`` (one line when there is one), or nothing when there are none."""
     if errors:
         raise ConfigError(errors[0] if len(errors) == 1 else
                           "invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -25,3 +25,5 @@ class CorruptShardError(DataError):
 
 class DataStop(DataError):
     """Training stopped on a corrupt shard (``data.on_corrupt=stop``), agreed by every rank."""
+
+    agreed = True

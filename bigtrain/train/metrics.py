@@ -2,7 +2,9 @@
 scalars and, when enabled, Weights & Biases, per logged step.
 
 A row is written every ``log.every`` steps, after the last step, and on every step with an event
-(an evaluation, a skipped update, a loss spike), so no such value is lost between log steps.
+(an evaluation, a skipped update, a loss spike, a checkpoint, the step a stop request ended the run
+on), so no such value is lost between log steps. The per-step data columns (``epoch``,
+``skipped_samples`` ...) ride along in the rows but are not events.
 Row keys (a contract: ``grad_norm``, ``mfu``, ``tokens_per_sec``, ``step_time`` must stay):
 
     step, loss, lr, grad_norm, tokens_per_sec, tokens_per_sec_per_device, step_time, data_wait,
@@ -34,6 +36,7 @@ from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
 METRICS_FILE = "metrics.jsonl"
+EVENT_KEYS = ("val_loss", "loss_spike")  # extra_metrics that force a row (an evaluation, a loss spike)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -80,14 +83,17 @@ class MetricsLogger(Callback):
     def __init__(self, cfg: Config, peak: Peak, sinks: list | None = None):
         self.path = Path(cfg.run.dir) / METRICS_FILE
         self.every = cfg.log.every
+        self.checkpoint_every = cfg.checkpoint.every
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.model.vocab_size)
         self.peak = peak
         self.sinks = sinks or []  # TensorBoardSink, WandbSink (sinks.py): rank 0 only
         self.file = None
+        self.unlogged: tuple[dict, str] | None = None  # the last step's row and line, when not written
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.started = time.perf_counter()
         self.first_step = trainer.state.step
+        self.console = trainer.console
         if not trainer.world.is_main:
             return
         truncate_metrics(self.path, trainer.state.step)
@@ -106,15 +112,23 @@ class MetricsLogger(Callback):
         step, total = trainer.state.step, trainer.cfg.train.steps
         eta_s = self.eta_seconds(step, total)
         trainer.console.progress(step, total, eta_s)
-        events = trainer.extra_metrics or result.skipped
-        if step % self.every and step != total and not events:
-            return
         row = self.row(trainer, result, mem_t.item(), mem_kind)
+        self.unlogged = (row, self.format(row, total, eta_s))
+        if step % self.every == 0 or step == total or self.is_event(trainer, result):
+            self.write(*self.unlogged)
+
+    def is_event(self, trainer: Trainer, result: StepResult) -> bool:
+        """A step whose row must not be lost between log steps (not the per-step data columns)."""
+        checkpoint = bool(self.checkpoint_every) and trainer.state.step % self.checkpoint_every == 0
+        return result.skipped or checkpoint or any(k in trainer.extra_metrics for k in EVENT_KEYS)
+
+    def write(self, row: dict, line: str) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for sink in self.sinks:
-            sink.log(row, step)
-        trainer.console.print(self.format(row, total, eta_s))
+            sink.log(row, row["step"])
+        self.console.print(line)
+        self.unlogged = None
 
     def row(self, trainer: Trainer, result: StepResult, mem_gib: float, mem_kind: str) -> dict:
         cfg, world, state = trainer.cfg, trainer.world, trainer.state
@@ -163,6 +177,8 @@ class MetricsLogger(Callback):
     def on_train_end(self, trainer: Trainer) -> None:
         if not trainer.world.is_main:
             return
+        if trainer.stop_reason and self.unlogged:  # the step the run stopped on (its checkpoint's step)
+            self.write(*self.unlogged)
         trainer.console.close()
         if trainer.stop_reason:
             trainer.say(f"stopping after step {trainer.state.step}: {trainer.stop_reason}")

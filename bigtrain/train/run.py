@@ -17,12 +17,13 @@ from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_che
 from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
-from bigtrain.config.validate import validate
+from bigtrain.config.validate import config_errors, raise_all
 from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
 from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
+from bigtrain.errors import UserError
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
@@ -66,6 +67,20 @@ def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
     else:
         data = dataclasses.replace(cfg.data, path=str(shard_dir))
     return dataclasses.replace(cfg, model=model, data=data), sources
+
+
+def checked(cfg: Config, world_size: int) -> tuple[Config, list[Source]]:
+    """Validate the config and find the data, reporting every problem at once: a layout error must not hide
+    a mistyped data.path (the embedded default corpus is only built for an otherwise valid config)."""
+    errors = config_errors(cfg, world_size)
+    if errors and not (cfg.data.path or cfg.data.sources):
+        raise_all(errors)
+    try:
+        resolved = resolve_data(cfg)
+    except UserError as exc:
+        raise_all(errors + [str(exc)])
+    raise_all(errors)
+    return resolved
 
 
 def check_data_resumable(cfg: Config, sources: list[Source]) -> None:
@@ -153,11 +168,14 @@ def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: 
 def pretrain(cfg: Config) -> Trainer:
     """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
     launch = launch_env()
-    validate(cfg, launch.world_size)
-    cfg, sources = resolve_data(cfg)
-    check_resumable(cfg, sources[0].manifest)
-    check_data_resumable(cfg, sources)
-    check_precision_supported(cfg)
+    try:  # every rank reads the same config and files here: they all raise the same error
+        cfg, sources = checked(cfg, launch.world_size)
+        check_resumable(cfg, sources[0].manifest)
+        check_data_resumable(cfg, sources)
+        check_precision_supported(cfg)
+    except UserError as exc:
+        exc.agreed = True
+        raise
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
         return train(cfg, world, sources)

@@ -1,0 +1,82 @@
+"""What a new user meets in the first hour, through the real one-process entry point
+(``bigtrain pretrain``, ~10 s per tiny run on CPU): logging cadence, the start-of-run summary,
+checkpoint lines, a finished run, schedule changes on resume, single-process defaults, messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from launch import REPO
+from tiny_run import tiny_shards
+
+TINY_1RANK = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
+              "model.ffn_hidden_size=176", "model.seq_len=64", "train.global_batch_size=8",
+              "train.micro_batch_size=2", "train.warmup_steps=2", "log.tensorboard=false"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return tiny_shards(tmp_path_factory)
+
+
+def bigtrain(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "bigtrain.cli", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def pretrain(run_dir: Path, shards: Path, *extra: str) -> subprocess.CompletedProcess:
+    return bigtrain("pretrain", "--config", "debug", *TINY_1RANK, f"data.path={shards}", f"run.dir={run_dir}", *extra)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run12(shards, tmp_path_factory):
+    """12 steps, log.every=5, an evaluation every 4 steps, a checkpoint every 6."""
+    run = tmp_path_factory.mktemp("run12") / "run"
+    proc = pretrain(run, shards, "train.steps=12", "log.every=5", "eval.every=4", "eval.batches=2",
+                    "checkpoint.every=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, proc
+
+
+def test_log_every_logs_only_its_steps_and_the_events(run12):
+    run, proc = run12
+    # every 5th step, the last, evaluations (4, 8, 12) and checkpoints (6, 12); the per-step data
+    # columns (epoch, skipped_samples) are in every row but force none
+    assert [r["step"] for r in rows(run)] == [4, 5, 6, 8, 10, 12]
+    assert all("epoch" in r for r in rows(run))
+    printed = [line.split("|")[0].split()[1] for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert printed == ["4/12", "5/12", "6/12", "8/12", "10/12", "12/12"]
+
+
+def test_one_process_takes_tp1_and_a_layout_error_does_not_hide_a_mistyped_data_path(run12, tmp_path):
+    run, _ = run12  # the debug recipe says parallel.tensor_parallel=2; `bigtrain pretrain` ran it as one process
+    assert "TP 1 x DP 1" in (run / "summary.txt").read_text()
+    proc = bigtrain("pretrain", "--config", "debug", "parallel.tensor_parallel=2", f"data.path={tmp_path / 'shardz'}",
+                    f"run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "world size 1 must be divisible by parallel.tensor_parallel (2)" in proc.stderr
+    assert f"{tmp_path / 'shardz'}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_error_every_rank_meets_is_printed_once(tmp_path):
+    from launch import run_ranks
+
+    proc = run_ranks("bigtrain/pretrain.py", 2, ["--config", "debug", "train.stepz=5", f"run.dir={tmp_path}"],
+                     check=False, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: ") == 1, proc.stderr[-2000:]
+    assert "train.stepz" in proc.stderr and "did you mean train.steps" in proc.stderr
