@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         from bigtrain.train.run import pretrain
 
         trainer = pretrain(cfg)
+    except KeyboardInterrupt:  # a second Ctrl-C (signals.py): abort without the traceback of every frame
+        print(f"rank {rank}: interrupted, no checkpoint saved", file=sys.stderr)
+        return 130
     except UserError as exc:
         if rank == 0 or not exc.agreed:  # an error every rank raised is printed once
             print(f"error: {exc}", file=sys.stderr)
