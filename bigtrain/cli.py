@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--text-key", default="text")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation (default: 0.01; a small corpus may need more: "
+                   "eval.batches x train.global_batch_size samples are evaluated)")
     p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
     p.add_argument("--samples-per-block", type=int, default=None,
                    help="samples per tar member (default: ~1 MiB of tokens per member)")

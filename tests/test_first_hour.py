@@ -42,12 +42,15 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+RUN12 = ["train.steps=12", "log.every=5", "eval.every=4", "eval.batches=12", "checkpoint.every=6"]
+
+
 @pytest.fixture(scope="module")
 def run12(shards, tmp_path_factory):
-    """12 steps, log.every=5, an evaluation every 4 steps, a checkpoint every 6."""
+    """12 steps, log.every=5, an evaluation every 4 steps (12 batches: more than the 92 validation samples),
+    a checkpoint every 6."""
     run = tmp_path_factory.mktemp("run12") / "run"
-    proc = pretrain(run, shards, "train.steps=12", "log.every=5", "eval.every=4", "eval.batches=2",
-                    "checkpoint.every=6")
+    proc = pretrain(run, shards, *RUN12)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, proc
 
@@ -80,3 +83,44 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("error: ") == 1, proc.stderr[-2000:]
     assert "train.stepz" in proc.stderr and "did you mean train.steps" in proc.stderr
+
+
+def test_start_of_run_summary_and_a_line_per_checkpoint(run12):
+    run, proc = run12
+    summary = (run / "summary.txt").read_text()
+    assert summary in proc.stdout.replace("\r", "") or summary.strip() in proc.stdout
+    # the tiny model: embedding 1024 x 64 (tied) + 2 x (attention 12,288 + SwiGLU 33,792 + norms 128) + 64
+    assert "0.16M parameters (0.16M per TP rank): 2 layers, hidden 64" in summary
+    assert "8 sequences x 64 tokens = 512 tokens per step (micro-batch 2, 4 accumulation step(s) per rank)" in summary
+    assert "12 steps = 6,144 tokens = 0.01 epochs of 13,376 training samples" in summary
+    assert "validation 92 samples; 92 evaluated every 4 steps" in summary
+    assert "precision  fp32" in summary and f"checkpoints {run / 'checkpoints'} every 6 steps" in summary
+    saves = [line for line in proc.stdout.splitlines() if line.startswith("checkpoint: ")]
+    assert [line.split()[2] for line in saves] == ["6", "12"]
+    assert all(" MiB): " in line and " s (" in line for line in saves)
+    assert ("warning: eval.batches=12 x train.global_batch_size=8 = 96 validation samples asked, but "
+            in proc.stdout) and "holds 92 (" in proc.stdout
+
+
+@pytest.mark.slow  # three short runs (~30 s on a quiet 2-core box)
+def test_a_finished_run_says_so_and_a_schedule_change_is_refused_unless_allowed(run12, shards, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run12[0], run)
+    again = pretrain(run, shards, *RUN12)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{run} already finished at step 12 (train.steps=12): nothing to train" in again.stdout
+    longer = pretrain(run, shards, *RUN12, "train.steps=14")
+    assert longer.returncode == 2 and longer.stderr.count("error:") == 1
+    assert ("error: train.steps 12 -> 14 since the checkpoint of step 12" in longer.stderr
+            and "set train.allow_schedule_change=true" in longer.stderr)
+    allowed = pretrain(run, shards, *RUN12, "train.steps=14", "train.allow_schedule_change=true")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "warning: schedule changed on resume: train.steps 12 -> 14" in allowed.stdout
+    metrics = rows(run)
+    assert [r["step"] for r in metrics] == [4, 5, 6, 8, 10, 12, 14]
+    # the CPU peak was measured once, at the first start, and kept: MFU stays comparable across restarts
+    peak = json.loads((run / "peak.json").read_text())
+    assert metrics[-1]["peak_tflops"] == metrics[0]["peak_tflops"] == peak["flops"] / 1e12
+    assert "kept in" in metrics[-1]["peak_source"] and "kept in" not in metrics[0]["peak_source"]

@@ -128,6 +128,9 @@ class TrainConfig:
         "for a non-finite loss or gradient; 0 = never stop.")
     spike_threshold: float = doc(
         2.0, "Log a loss spike when a step's loss exceeds this multiple of the running mean of recent losses; 0 = off.")
+    allow_schedule_change: bool = doc(
+        False, "Resume although train.steps, lr, warmup_steps or min_lr_ratio differ from the checkpoint's: the "
+        "learning rate follows the new schedule from the resumed step on (it jumps); default: refuse, naming the keys.")
     watchdog_timeout_s: float = doc(
         0.0, "Hang watchdog: if a rank makes no progress (a step, an eval batch, a checkpoint save) for this many "
         "seconds, every rank dumps its Python stacks to stderr and <run.dir>/hangs/ and exits with status 4; "

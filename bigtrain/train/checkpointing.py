@@ -1,7 +1,9 @@
-"""Callback that saves checkpoints every ``checkpoint.every`` steps and after the last step."""
+"""Callback that saves checkpoints every ``checkpoint.every`` steps and after the last step; rank 0 prints
+a line per save (step, seconds, size, folder)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,9 +25,14 @@ class CheckpointCallback(Callback):
 
     def save(self, trainer: Trainer) -> None:
         trainer.heartbeat(f"checkpoint save of step {trainer.state.step} started")
-        self.checkpointer.save(trainer.engine, self.describe(trainer), self.config_yaml, self.tokenizer_dir)
+        started = time.perf_counter()
+        folder = self.checkpointer.save(trainer.engine, self.describe(trainer), self.config_yaml, self.tokenizer_dir)
         self.last_saved = trainer.state.step
         trainer.heartbeat(f"checkpoint save of step {trainer.state.step} done")
+        if trainer.world.is_main:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            trainer.say(f"checkpoint: step {trainer.state.step} saved in {time.perf_counter() - started:.1f} s "
+                        f"({size / 2**20:,.1f} MiB): {folder}")
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.last_saved = trainer.state.step

@@ -71,12 +71,32 @@ def validation_loss(engine, tokens: list[torch.Tensor], weights: list[torch.Tens
     return (total[0] / total[1].clamp(min=1)).item(), int(total[1].item())
 
 
+def small_split_warnings(sources: list[Source], batches: int, global_batch: int) -> list[str]:
+    """A line per source whose validation split holds fewer samples than eval.batches global batches ask for."""
+    asked = batches * global_batch
+    warnings = []
+    for s in sources:
+        val = s.manifest.splits["val"]
+        if val.num_samples < asked:
+            warnings.append(
+                f"warning: eval.batches={batches} x train.global_batch_size={global_batch} = {asked} validation "
+                f"samples asked, but {s.path} holds {val.num_samples} ({val.num_documents} document(s)): val_loss "
+                f"uses those {val.num_samples}; re-shard with a larger --val-fraction for a steadier estimate")
+    return warnings
+
+
 class EvalCallback(Callback):
     def __init__(self, sources: list[Source], every: int, batches: int, on_corrupt: str = "stop"):
-        self.sets = [(s.name, ShardReader(s.manifest, "val"), s.weight) for s in sources if s.has_val]
+        self.sources = [s for s in sources if s.has_val]
+        self.sets = [(s.name, ShardReader(s.manifest, "val"), s.weight) for s in self.sources]
         self.every = every
         self.batches = batches
         self.on_corrupt = on_corrupt
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.every:
+            for warning in small_split_warnings(self.sources, self.batches, trainer.cfg.train.global_batch_size):
+                trainer.say(warning)
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         step = trainer.state.step

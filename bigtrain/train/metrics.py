@@ -36,6 +36,7 @@ from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
 METRICS_FILE = "metrics.jsonl"
+PEAK_FILE = "peak.json"  # a measured peak (CPU, unknown GPU), kept for the run's restarts
 EVENT_KEYS = ("val_loss", "loss_spike")  # extra_metrics that force a row (an evaluation, a loss spike)
 
 
@@ -57,15 +58,41 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
-def agreed_peak(world: World, precision: str) -> Peak:
-    """The device's table peak, or a GEMM measured on every rank at once (as they will run) and averaged."""
+def agreed_peak(world: World, precision: str, run_dir: Path) -> Peak:
+    """The device's table peak, or a GEMM measured on every rank at once (as they will run) and averaged.
+
+    A measured peak is measured once per run and kept in ``<run.dir>/peak.json``: a restart reuses it
+    (for the same device type and precision), so MFU does not jump with the machine's load at each start.
+    """
     peak = peak_flops(world.device, precision, measure_unknown=False)
     if peak is not None:
         return peak
+    path = Path(run_dir) / PEAK_FILE
+    stored = stored_peak(path, world.device.type, precision) if world.is_main else None
+    value = torch.tensor([stored.flops if stored else 0.0], dtype=torch.float64, device=world.device)
+    dist.all_reduce(value)  # rank 0's stored value (or 0: measure), the same on every rank
+    if value.item() > 0:
+        return Peak(value.item(), f"measured at the run's first start, kept in {path}")
     measured = measure_peak(world.device, precision)
     value = torch.tensor([measured.flops], dtype=torch.float64, device=world.device)
     dist.all_reduce(value)
-    return Peak(value.item() / world.world_size, f"{measured.source}, mean of {world.world_size} ranks")
+    peak = Peak(value.item() / world.world_size, f"{measured.source}, mean of {world.world_size} ranks")
+    if world.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"flops": peak.flops, "source": peak.source, "device": world.device.type,
+                                    "precision": precision}, indent=2) + "\n")
+    return peak
+
+
+def stored_peak(path: Path, device_type: str, precision: str) -> Peak | None:
+    """The peak a previous start of this run measured (same device type and precision), if any."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("device") != device_type or saved.get("precision") != precision or not saved.get("flops"):
+        return None
+    return Peak(float(saved["flops"]), saved.get("source", "measured"))
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch.distributed as dist
+import yaml
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
 from bigtrain.checkpoint.reshard import restore
@@ -35,6 +36,7 @@ from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.signals import SignalStop
 from bigtrain.train.sinks import build_sinks
+from bigtrain.train.summary import summary_lines, write_summary
 from bigtrain.train.watchdog import Watchdog
 
 
@@ -122,6 +124,33 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
                           f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
+SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "min_lr_ratio")  # train.* keys that shape the LR schedule
+
+
+def schedule_changes(cfg: Config) -> tuple[int, list[str]]:
+    """(step of the run's latest checkpoint, ["train.steps 100 -> 200", ...]): schedule keys that differ from it."""
+    folder = latest_checkpoint(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    if folder is None or read_meta(folder).get("weights_only") or not (folder / "config.yaml").is_file():
+        return 0, []
+    saved = yaml.safe_load((folder / "config.yaml").read_text()).get("train", {})
+    ours = to_dict(cfg)["train"]
+    return read_meta(folder)["step"], [f"train.{k} {saved[k]} -> {ours[k]}" for k in SCHEDULE_KEYS
+                                       if k in saved and saved[k] != ours[k]]
+
+
+def check_schedule(cfg: Config) -> list[str]:
+    """Refuse a resume whose LR schedule differs from the checkpoint's, unless train.allow_schedule_change;
+    -> the warning lines to print when it is allowed."""
+    step, changes = schedule_changes(cfg)
+    if not changes:
+        return []
+    what = (f"{', '.join(changes)} since the checkpoint of step {step} in {cfg.run.dir}: the cosine schedule is "
+            f"recomputed and the learning rate jumps at step {step + 1}")
+    if not cfg.train.allow_schedule_change:
+        raise ConfigError(f"{what}. Resume with the checkpoint's values, or set train.allow_schedule_change=true")
+    return [f"warning: schedule changed on resume: {what} (train.allow_schedule_change=true)"]
+
+
 def describe(trainer: Trainer, loader: TrainLoader) -> dict:
     """meta.json content of a checkpoint (see bigtrain/checkpoint/manager.py); "data" is the loader's state."""
     cfg, world = trainer.cfg, trainer.world
@@ -172,10 +201,14 @@ def pretrain(cfg: Config) -> Trainer:
         cfg, sources = checked(cfg, launch.world_size)
         check_resumable(cfg, sources[0].manifest)
         check_data_resumable(cfg, sources)
+        warnings = check_schedule(cfg)
         check_precision_supported(cfg)
     except UserError as exc:
         exc.agreed = True
         raise
+    if launch.rank == 0:
+        for line in warnings:
+            print(line, flush=True)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
         return train(cfg, world, sources)
@@ -226,7 +259,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         EvalCallback(sources, cfg.eval.every, cfg.eval.batches, cfg.data.on_corrupt),  # before metrics: logs val_loss
         DataMetrics(loader),  # before metrics: logs epoch, samples/<source>, skipped_samples
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
-        MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
+        MetricsLogger(cfg, agreed_peak(world, t.precision, run_dir), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
         CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final,
                            lambda trainer: describe(trainer, loader), dump_yaml(cfg), run_dir / "tokenizer"),
@@ -235,6 +268,14 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         callbacks.append(Watchdog(t.watchdog_timeout_s, run_dir, world.rank))
     callbacks.append(injector)  # testing aids (inject.py): no-ops unless their environment variables are set
     trainer = Trainer(cfg, world, engine, loader, state, callbacks, guard)
+    if state.step >= t.steps:
+        trainer.say(f"{run_dir} already finished at step {state.step} (train.steps={t.steps}): nothing to train. "
+                    f"To continue, raise train.steps (with train.allow_schedule_change=true)")
+        return trainer
+    if world.is_main:
+        lines = summary_lines(cfg, world, sources, engine.module, state.step)
+        write_summary(run_dir, lines)
+        trainer.say("\n".join(lines))
     try:
         trainer.fit()
     except DataStop as error:
