@@ -6,15 +6,21 @@ Contract: the text is tokenized as one document with BOS prepended (no EOS) and 
 non-overlapping windows of ``seq_len`` tokens (the last, shorter window included). Each window predicts
 its ``len - 1`` next tokens; ``loss`` is the mean next-token cross-entropy over all of them, in fp32,
 and ``tokens`` their number.
+
+The text must be UTF-8 (like ``bigtrain data shard``'s input: an error names the byte offset). A
+``seq_len`` above the model's trained ``model.seq_len`` is allowed (positions never trained: RoPE
+extrapolation) but warned about on stderr.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
 from bigtrain.convert.load import encode_document, load_model, load_tokenizer, open_checkpoint
+from bigtrain.data.documents import decode
 from bigtrain.errors import UserError
 
 BATCH = 8  # windows per forward pass
@@ -38,10 +44,15 @@ def evaluate(src: str | Path, text_file: str | Path, seq_len: int) -> dict:
     if seq_len < 2:
         raise UserError(f"--seq-len must be at least 2 (a window predicts its len-1 next tokens), got {seq_len}")
     try:
-        text = Path(text_file).read_text(encoding="utf-8")
+        raw = Path(text_file).read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read --text {text_file}: {exc.strerror}") from exc
-    folder, _ = open_checkpoint(src)
+    text = decode(raw, str(text_file))  # DataError: "FILE: invalid UTF-8 at byte offset N"
+    folder, meta = open_checkpoint(src)
+    trained = meta["model"]["seq_len"]
+    if seq_len > trained:
+        print(f"warning: --seq-len {seq_len} exceeds the length the model was trained on (model.seq_len={trained}): "
+              f"positions beyond {trained} were never trained, the loss is not comparable", file=sys.stderr)
     ids = encode_document(load_tokenizer(folder), text)
     model, _ = load_model(folder)
     chunks = windows(ids, seq_len)

@@ -197,6 +197,29 @@ def test_evaluate_matches_hf_perplexity_tool(runs, name, tmp_path, offline):
         assert 4.0 < theirs["loss"] < 7.0  # near log(300) = 5.7 after two steps on random tokens
 
 
+def test_eval_tools_name_invalid_utf8_and_warn_past_the_trained_length(runs, tmp_path, offline, capsys):
+    import subprocess
+
+    from bigtrain.data.errors import DataError
+    from bigtrain.evaluate import evaluate
+
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\u00e9 au lait".encode("latin-1"))  # 0xe9 at byte 3: not UTF-8
+    with pytest.raises(DataError, match=r"latin1\.txt: invalid UTF-8 at byte offset 3$"):
+        evaluate(runs[Z3_TIED], bad, 16)
+    out = export(runs[Z3_TIED], tmp_path / "hf")
+    tool = subprocess.run([sys.executable, "tools/hf_perplexity.py", str(out), "--text", str(bad), "--seq-len", "16"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert tool.returncode != 0 and tool.stderr.strip().splitlines()[-1] == f"error: {bad}: invalid UTF-8 at byte offset 3"
+
+    good = tmp_path / "text.txt"
+    good.write_text(TEXT[:500])
+    evaluate(runs[Z3_TIED], good, 64)  # the runs were trained with seq_len 32
+    assert "warning: --seq-len 64 exceeds the length the model was trained on (model.seq_len=32)" in capsys.readouterr().err
+    hf_perplexity_tool().perplexity(out, TEXT[:500], 64)
+    assert "warning: --seq-len 64 exceeds the model's max_position_embeddings (32)" in capsys.readouterr().err
+
+
 def test_sharded_export_loads(runs, tmp_path, offline, monkeypatch):
     import bigtrain.convert.to_hf as to_hf_module
 
