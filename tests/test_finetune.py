@@ -93,6 +93,8 @@ def test_finetuning_with_deepspeed_learns_both_tasks(hf_dir, tmp_path):
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cls")  # the saved result loads
     assert model.config.num_labels == 2 and model.config.pad_token_id is not None
+    assert model.config.id2label == {0: "failure", 1: "weather"}  # the real names in config.json, not LABEL_0/1
+    assert model.config.label2id == {"failure": 0, "weather": 1}
 
 
 def test_sft_examples_mask_the_prompt(hf_dir):

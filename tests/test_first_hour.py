@@ -124,3 +124,11 @@ def test_a_finished_run_says_so_and_a_schedule_change_is_refused_unless_allowed(
     peak = json.loads((run / "peak.json").read_text())
     assert metrics[-1]["peak_tflops"] == metrics[0]["peak_tflops"] == peak["flops"] / 1e12
     assert "kept in" in metrics[-1]["peak_source"] and "kept in" not in metrics[0]["peak_source"]
+
+
+def test_config_keys_into_head_ends_quietly():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(f"{sys.executable} -m bigtrain.cli config keys | head -1", shell=True, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("run.dir") and proc.stdout.count("\n") == 1
+    assert proc.stderr == "", proc.stderr  # no BrokenPipeError traceback

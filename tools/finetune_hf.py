@@ -134,12 +134,14 @@ def single_process_group(workdir: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
 
 
-def load_model(task: str, hf_dir: str, num_labels: int, tokenizer):
+def load_model(task: str, hf_dir: str, labels: list, tokenizer):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task == "sft":
         return AutoModelForCausalLM.from_pretrained(hf_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(hf_dir, num_labels=num_labels)
+    names = [str(label) for label in labels]  # config.json carries the real names (not LABEL_0..N)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        hf_dir, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -166,7 +168,7 @@ def finetune(args: argparse.Namespace) -> dict:
         (lambda rows: classification_examples(rows, tokenizer, labels, args.max_length))
     train, held_out = make(train_rows), make(eval_rows)
     collator = collate(tokenizer.pad_token_id, causal)
-    model = load_model(args.task, args.hf_dir, len(labels), tokenizer)
+    model = load_model(args.task, args.hf_dir, labels, tokenizer)
     before = evaluate(model, held_out, collator, args.batch_size, causal)
     training = TrainingArguments(
         output_dir=str(Path(args.out) / "trainer"), per_device_train_batch_size=args.batch_size,
@@ -189,19 +191,28 @@ def finetune(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """The docstring as written, and every option's default in --help."""
+
+        def _get_help_string(self, action):
+            text = action.help or ""
+            if action.option_strings and action.default not in (None, argparse.SUPPRESS) and "default" not in text:
+                text += " (default: %(default)s)"
+            return text
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     parser.add_argument("task", choices=["classify", "sft"])
     parser.add_argument("hf_dir", help="a Hugging Face folder, e.g. from `bigtrain convert to-hf`")
-    parser.add_argument("--train", required=True, metavar="JSONL")
+    parser.add_argument("--train", required=True, metavar="JSONL", help="training examples")
     parser.add_argument("--eval", metavar="JSONL", help="held-out examples (default: the training file)")
-    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned model, tokenizer and results")
     parser.add_argument("--deepspeed", default=str(DEFAULT_DS), help="HF-Trainer DeepSpeed config, or none")
-    parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--epochs", type=float, default=3, help="passes over --train")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
     parser.add_argument("--batch-size", type=int, default=8, help="per device")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per example (longer ones are cut)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head's init and the data order")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
