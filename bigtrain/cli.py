@@ -90,9 +90,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from bigtrain.generate import generate
+    from bigtrain.generate import Sampling, generate
 
-    print(generate(args.src, args.prompt, args.max_new_tokens))
+    print(generate(args.src, args.prompt, args.max_new_tokens, Sampling(args.temperature, args.top_k, args.top_p, args.seed)))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -224,10 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"loss": ..., "tokens": ...}')
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="greedy continuation of a prompt")
+    p = sub.add_parser("generate", help="continuation of a prompt: greedy (default) or sampled (--temperature > 0)")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="default: 64")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples from "
+                   "softmax(logits / temperature)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="... and the smallest set reaching probability p "
+                   "(default 1: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler: the same seed gives the same text (default 0)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("plot", help="PNG of a run's loss / val loss / lr / throughput / grad-norm curves")

@@ -164,6 +164,13 @@ def test_greedy_generation_agrees_with_hf(runs, name, tmp_path, offline):
     if tokenizer.eos_token_id in expected:  # generate() stops at EOS
         expected = expected[:expected.index(tokenizer.eos_token_id)]
     assert text == tokenizer.decode(expected, skip_special_tokens=True)
+    if name == Z3_TIED:  # sampling on the real model: top_k=1 is greedy; a seed repeats; seeds differ
+        from bigtrain.generate import Sampling, generate_tokens
+
+        sample = lambda s: generate_tokens(model, ids, 12, None, 32, s)  # noqa: E731
+        assert sample(Sampling(1.0, top_k=1, seed=3)) == ours[:12]
+        assert sample(Sampling(1.5, seed=5)) == sample(Sampling(1.5, seed=5))
+        assert len({tuple(sample(Sampling(1.5, top_p=0.9, seed=s))) for s in range(4)}) > 1
 
 
 def hf_perplexity_tool():
