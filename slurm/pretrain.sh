@@ -12,7 +12,8 @@
 # relative run.dir paths refer to; run.dir must be on a filesystem every node sees.
 #
 # Lifecycle: SLURM sends USR1 to every task 5 minutes before the time limit (and on preemption, with
-# SlurmctldParameters=preempt_send_user_signal). The ranks agree to stop after the current step, save
+# SlurmctldParameters=preempt_send_user_signal); a USR1 sent to this batch shell instead
+# (--signal=B:USR1@300, scancel --full --signal=USR1) is passed on to the tasks. The ranks agree to stop after the current step, save
 # a checkpoint and exit 75; this script then requeues the job, which resumes from that checkpoint in
 # run.dir. A finished run exits 0 and is not requeued; nor is any failure: 2 bad config, 3 diverged
 # (non-finite steps), 4 hang watchdog (see <run.dir>/hangs/; resubmit to resume from the last checkpoint).
@@ -70,10 +71,27 @@ echo "[slurm/pretrain.sh] job $SLURM_JOB_ID start $((restart + 1)) on $SLURM_JOB
 # --wait=120: once one task has exited, the others get 120 s, then are killed: a crashed rank does not
 # leave the rest hung in a collective. (Not --kill-on-bad-exit: it would kill ranks that are about to
 # exit 75 themselves, and srun would then report 143 instead of 75.)
-status=0
+#
+# A USR1 that reaches this batch shell (`--signal=B:USR1@300`, `scancel --full --signal=USR1`) would
+# end it (bash's default) and the job would fail: it is passed on to the ranks instead (srun forwards
+# it to its tasks), so they save and exit 75 as above. srun runs in the background because bash runs
+# a trap only between commands; `wait` returns early for each trapped signal and is called again.
+srun_pid=""
+forward_usr1() {
+  echo "[slurm/pretrain.sh] USR1 reached the batch shell: passing it to the ranks"
+  [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2> /dev/null || true
+}
+trap forward_usr1 USR1
 srun --wait=120 bash -c \
   'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' \
-  bigtrain-rank "$PYTHON" -u -m bigtrain.pretrain --config "$CONFIG" "$@" || status=$?
+  bigtrain-rank "$PYTHON" -u -m bigtrain.pretrain --config "$CONFIG" "$@" &
+srun_pid=$!
+while :; do
+  status=0
+  wait "$srun_pid" || status=$?
+  kill -0 "$srun_pid" 2> /dev/null || break  # srun has exited: $status is its exit status
+done
+trap - USR1
 
 if [ $status -eq $REQUEUE_EXIT ]; then
   if [ "$restart" -ge "$MAX_REQUEUES" ]; then

@@ -132,3 +132,13 @@ def test_config_keys_into_head_ends_quietly():
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("run.dir") and proc.stdout.count("\n") == 1
     assert proc.stderr == "", proc.stderr  # no BrokenPipeError traceback
+
+
+def test_local_slurm_sizes_nodes_by_the_machine_not_omp_num_threads():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LOCAL_SLURM_CPUS", None)
+    proc = subprocess.run(["bash", "tools/local_slurm.sh", "config"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    nodes = [line for line in proc.stdout.splitlines() if line.startswith("NodeName=")]
+    assert len(nodes) == 2 and all(f" CPUs={os.cpu_count()} " in line for line in nodes), nodes

@@ -5,6 +5,7 @@ nodes x 2 tasks, gloo on CPU, the tiny TP2 x DP2 ZeRO-3 debug run of tests/tiny_
 - ``scancel --signal=USR1`` (what ``--signal=USR1@300`` sends before the time limit) -> the ranks
   save and exit 75 -> the script requeues the job -> it resumes: the finished run's metrics equal the
   uninterrupted run's; BIGTRAIN_MAX_REQUEUES caps the requeues;
+- a USR1 to the batch shell (``--signal=B:USR1@...``, ``scancel --full``) reaches the ranks the same way;
 - a layout that cannot work (3 tasks for TP 2) fails before any rank starts; an unknown partition is
   refused by sbatch.
 """
@@ -68,6 +69,23 @@ def test_sbatch_usr1_saves_requeues_and_resumes_exactly(tmp_path, tmp_path_facto
     assert trajectory(metrics(run)) == trajectory(ref)
 
 
+@pytest.mark.parametrize("target", ["--batch", "--full"])
+def test_usr1_to_the_batch_shell_is_passed_to_the_ranks_and_the_job_requeues(target, tmp_path, tmp_path_factory):
+    """``--signal=B:USR1@300`` signals the batch shell alone (``scancel --batch``); ``scancel --full`` signals
+    it and the ranks: either way the ranks save, the job is requeued and resumes, and it ends COMPLETED."""
+    ref = reference(tmp_path_factory)
+    job, run = submit(tmp_path, tmp_path_factory)
+    wait_for_step(run, 3, job_id=job)
+    subprocess.run(["scancel", target, "--signal=USR1", str(job)], check=True)
+    info = wait_job(job)
+    log = log_of(tmp_path, job)
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), log[-4000:]
+    assert "USR1 reached the batch shell: passing it to the ranks" in log
+    assert re.search(r"stopping after step \d+: received SIGUSR1", log), log[-4000:]
+    assert sacct_starts(job) == [("REQUEUED", "0:0"), ("COMPLETED", "0:0")]
+    assert trajectory(metrics(run)) == trajectory(ref)
+
+
 def test_sbatch_gives_up_after_max_requeues(tmp_path, tmp_path_factory):
     job, run = submit(tmp_path, tmp_path_factory, BIGTRAIN_MAX_REQUEUES="0")
     wait_for_step(run, 2, job_id=job)
@@ -95,3 +113,4 @@ def test_sbatch_unknown_partition_is_refused(tmp_path):
     out = subprocess.run(["sbatch", "-p", "nope", *RESOURCES, SCRIPT, "debug"], cwd=tmp_path, env=job_env(),
                          capture_output=True, text=True)
     assert out.returncode != 0 and "invalid partition" in out.stderr.lower(), out.stderr
+

@@ -12,12 +12,13 @@
 #   sudo tools/local_slurm.sh start      # installs the packages with apt if missing; idempotent
 #   sbatch -N2 --ntasks-per-node=2 --gpus-per-node=2 --cpus-per-task=1 slurm/pretrain.sh debug
 #   tools/local_slurm.sh status          # exit 0 when the cluster answers and all nodes are up
+#   tools/local_slurm.sh config          # print the slurm.conf that start would write (no root, no daemons)
 #   sudo tools/local_slurm.sh stop       # --wipe also drops job state, logs and the accounting DB
 #
 # Needs root (daemons run as root, jobs run as the submitting user). Owns /etc/slurm/*.conf while
 # running and refuses to overwrite a slurm.conf it did not write. Knobs (environment):
 #   LOCAL_SLURM_NODES=2      emulated nodes            LOCAL_SLURM_GPUS=2     fake GPUs per node (0: none)
-#   LOCAL_SLURM_CPUS=nproc   CPUs per node (may exceed the machine: nodes share its cores)
+#   LOCAL_SLURM_CPUS=nproc --all  CPUs per node (may exceed the machine: nodes share its cores)
 #   LOCAL_SLURM_GRACE=30     seconds a preempted job has to save before SIGTERM/SIGKILL
 #   LOCAL_SLURM_KILLWAIT=5   seconds between SIGTERM and SIGKILL (real clusters: 30)
 #   LOCAL_SLURM_TIMEOUT=60   seconds to wait for the nodes to come up
@@ -28,7 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TEMPLATES=$HERE/slurm
 NODES=${LOCAL_SLURM_NODES:-2}
 GPUS=${LOCAL_SLURM_GPUS:-2}
-CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
+CPUS=${LOCAL_SLURM_CPUS:-$(nproc --all)}  # --all: plain nproc honours OMP_NUM_THREADS
 GRACE=${LOCAL_SLURM_GRACE:-30}
 KILLWAIT=${LOCAL_SLURM_KILLWAIT:-5}
 TIMEOUT=${LOCAL_SLURM_TIMEOUT:-60}
@@ -125,7 +126,8 @@ start_accounting() {
   fi
 }
 
-write_slurm_conf() {
+# The variables slurm.conf.in needs (no side effects: `config` prints the result).
+conf_vars() {
   local i gres=""
   ACCOUNTING="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -136,6 +138,18 @@ JobAcctGatherFrequency=30"
   if [ "$GPUS" -gt 0 ]; then
     gres="Gres=gpu:$GPUS "
     LAST_GPU=$((GPUS - 1))
+  fi
+  NODES_LINES=""
+  for i in $(seq 1 "$NODES"); do
+    NODES_LINES+="NodeName=node$i NodeHostname=node$i NodeAddr=127.0.10.$i Port=$((17000 + i)) CPUs=$CPUS RealMemory=$MEM ${gres}State=UNKNOWN"$'\n'
+  done
+  NODES_LINES=${NODES_LINES%$'\n'}
+}
+
+write_slurm_conf() {
+  local i
+  conf_vars
+  if [ "$GPUS" -gt 0 ]; then
     install -d $RUN/dev
     # slurmd insists that a gres File= is a device; major 195 is NVIDIA's, but nothing drives them here
     for i in $(seq 0 "$LAST_GPU"); do [ -c $RUN/dev/nvidia$i ] || mknod $RUN/dev/nvidia$i c 195 "$i"; done
@@ -143,11 +157,6 @@ JobAcctGatherFrequency=30"
   else
     [ -e $ETC/gres.conf ] && rm -f $ETC/gres.conf && CHANGED=1
   fi
-  NODES_LINES=""
-  for i in $(seq 1 "$NODES"); do
-    NODES_LINES+="NodeName=node$i NodeHostname=node$i NodeAddr=127.0.10.$i Port=$((17000 + i)) CPUs=$CPUS RealMemory=$MEM ${gres}State=UNKNOWN"$'\n'
-  done
-  NODES_LINES=${NODES_LINES%$'\n'}
   update_file $ETC/slurm.conf "$(render "$TEMPLATES/slurm.conf.in")" && CHANGED=1
   return 0
 }
@@ -247,5 +256,6 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) shift; cmd_stop "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop [--wipe]|status" >&2; exit 2 ;;
+  config) CTL_HOST=$(hostname -s); conf_vars; render "$TEMPLATES/slurm.conf.in" ;;
+  *) echo "usage: $0 start|stop [--wipe]|status|config" >&2; exit 2 ;;
 esac
