@@ -98,6 +98,7 @@ def test_start_of_run_summary_and_a_line_per_checkpoint(run12):
     saves = [line for line in proc.stdout.splitlines() if line.startswith("checkpoint: ")]
     assert [line.split()[2] for line in saves] == ["6", "12"]
     assert all(" MiB): " in line and " s (" in line for line in saves)
+    assert not list((run / "checkpoints").rglob("zero_to_*.py"))  # DeepSpeed's scripts cannot read TP>1 ones
     assert ("warning: eval.batches=12 x train.global_batch_size=8 = 96 validation samples asked, but "
             in proc.stdout) and "holds 92 (" in proc.stdout
 
@@ -142,3 +143,24 @@ def test_local_slurm_sizes_nodes_by_the_machine_not_omp_num_threads():
     assert proc.returncode == 0, proc.stderr
     nodes = [line for line in proc.stdout.splitlines() if line.startswith("NodeName=")]
     assert len(nodes) == 2 and all(f" CPUs={os.cpu_count()} " in line for line in nodes), nodes
+
+
+def test_lm_eval_runs_the_shipped_local_tasks_offline(run12, tmp_path):
+    """docs/conversion.md's offline lm-eval example (tools/lm_eval/*.yaml) on a tiny export."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional dependency (pip install lm-eval)")
+    run, _ = run12
+    hf = tmp_path / "hf"
+    export = bigtrain("convert", "to-hf", str(run), str(hf))
+    assert export.returncode == 0, export.stderr[-3000:]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    proc = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+                           f"pretrained={hf},dtype=float32", "--include_path", "tools/lm_eval", "--tasks",
+                           "bigtrain_python_mc,bigtrain_python_ppl", "--device", "cpu", "--batch_size", "8",
+                           "--output_path", str(tmp_path / "evals")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (results_file,) = (tmp_path / "evals").rglob("results*.json")
+    results = json.loads(results_file.read_text())["results"]
+    assert 0.0 <= results["bigtrain_python_mc"]["acc,none"] <= 1.0
+    assert 1.0 < results["bigtrain_python_ppl"]["word_perplexity,none"] < float("inf")

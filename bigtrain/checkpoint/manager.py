@@ -43,6 +43,9 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
 FORMAT = "bigtrain-checkpoint/1"
+# DeepSpeed copies its consolidation scripts next to every save; they expect one model-parallel rank
+# ("Expected 2 ... found 4 files" at TP>1), so bigtrain removes them (use `bigtrain convert to-hf`)
+DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 
 __all__ = ["CheckpointError", "Checkpointer", "latest_checkpoint", "read_meta", "resolve_checkpoint"]
 
@@ -138,6 +141,8 @@ class Checkpointer:
         write_atomic(folder / META, json.dumps(full, indent=2) + "\n")
         write_atomic(self.root / LATEST, folder.name + "\n")
         apply_retention(self.root, meta["step"], self.keep, self.keep_every, META)
+        for script in DEEPSPEED_SCRIPTS:  # they cannot read bigtrain's TP>1 checkpoints: `bigtrain convert` can
+            (self.root / script).unlink(missing_ok=True)
 
     def load_latest(self, engine) -> dict | None:
         """Restore engine (model, optimizer, LR schedule) and this rank's RNG from the latest checkpoint.
