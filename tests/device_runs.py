@@ -1,8 +1,8 @@
 """Rank script of tests/test_device.py: the engine-level device facts on N gloo ranks (one launch).
 
-    torchrun --nproc_per_node 2 tests/device_runs.py OUT_DIR
+    torchrun --nproc_per_node 2 tests/device_runs.py OUT_DIR [BACKEND]     # BACKEND: gloo (default), auto
 
-Writes OUT_DIR/result.json (rank 0): whether megatron made gloo side groups, whether the initial
+Writes OUT_DIR/result.json (rank 0) and OUT_DIR/initial_zero0.pt (ZeRO-0's fp32 initial weights): whether megatron made gloo side groups, whether the initial
 weights of ZeRO 0/1/3 (fp32 and bf16) are equal, and, after a ZeRO-1 checkpoint is resharded into a
 ZeRO-3 engine with fused AdamW, where Adam's step tensors live and whether a training step runs.
 """
@@ -52,6 +52,8 @@ def stages_agree(out: Path, world, precision: str) -> dict[str, float]:
     """Largest |difference| of every stage's initial weights to ZeRO-0's (0.0 = identical)."""
     runs = {s: initial_weights(config(out, f"parallel.zero_stage={s}", f"train.precision={precision}"), world)
             for s in (0, 1, 3)}
+    if world.is_main and precision == "fp32":
+        torch.save(runs[0], out / "initial_zero0.pt")  # to compare across devices
     return {f"zero{s}": max((w - runs[0][k]).abs().max().item() for k, w in runs[s].items()) for s in (1, 3)}
 
 
@@ -78,17 +80,18 @@ def reshard_then_step(out: Path, world) -> dict:
             "steps_after": int(next(iter(base.state.values()))["step"].item())}
 
 
-def main(out: Path) -> None:
-    world = init_world(1, "gloo")
+def main(out: Path, backend: str) -> None:
+    world = init_world(1, backend)
     report = {"gloo_groups": [name for name in dir(parallel_state) if name.endswith("_GLOO")
                               and getattr(parallel_state, name) is not None],
               "fp32": stages_agree(out, world, "fp32"), "bf16": stages_agree(out, world, "bf16"),
               "reshard": reshard_then_step(out, world)}
     if world.is_main:
         assert math.isfinite(report["reshard"]["loss_after"])
+        report["device"] = str(world.device)
         (out / "result.json").write_text(json.dumps(report, indent=1))
     destroy_world()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "gloo")

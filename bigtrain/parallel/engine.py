@@ -18,6 +18,7 @@ from megatron.core import ModelParallelConfig, parallel_state
 
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
+from bigtrain.config.validate import resolve_precision
 from bigtrain.model.llama import LlamaModel
 from bigtrain.parallel.dsenv import import_deepspeed
 from bigtrain.parallel.mpu import MegatronMpu
@@ -144,6 +145,7 @@ def enable_tf32(device: torch.device, precision: str) -> bool:
 def build_engine(cfg: Config, world: World, vocab_size: int):
     """-> (DeepSpeed engine, resolved DeepSpeed config dict)."""
     deepspeed = import_deepspeed()
+    cfg = resolve_precision(cfg, world.device.type == "cuda")  # pretrain resolved it already; direct callers
     enable_tf32(world.device, cfg.train.precision)
     ds_config = build_ds_config(cfg, world.dp_size, on_gpu=world.device.type == "cuda")
     model = build_model(cfg, world, vocab_size, ds_config)
