@@ -24,7 +24,7 @@ from train_tiny import BASE, meta_for, random_batches  # noqa: E402
 from bigtrain.checkpoint.manager import Checkpointer  # noqa: E402
 from bigtrain.checkpoint.reshard import load_into_engine  # noqa: E402
 from bigtrain.config.load import dump_yaml, load_config  # noqa: E402
-from bigtrain.convert.source import Checkpoint  # noqa: E402
+from bigtrain.checkpoint.source import Checkpoint  # noqa: E402
 from bigtrain.parallel.dsenv import import_deepspeed  # noqa: E402
 from bigtrain.parallel.engine import build_engine  # noqa: E402
 from bigtrain.parallel.world import destroy_world, init_world  # noqa: E402

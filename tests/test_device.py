@@ -74,6 +74,7 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_explicit_values_stay
     (["model.attention_backend=efficient"], False, "model.attention_backend=efficient needs CUDA"),
     (["parallel.backend=gloo"], True, "parallel.backend=gloo on a machine with CUDA"),
     (["parallel.backend=nccl"], False, "parallel.backend=nccl needs CUDA"),
+    (["train.precision=fp16"], False, "train.precision=fp16 needs CUDA"),
 ])
 def test_kernel_precision_and_backend_checked_per_device_before_any_process_group(overrides, cuda, message):
     cfg = load_config("debug", overrides)

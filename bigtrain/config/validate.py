@@ -115,6 +115,9 @@ def device_errors(cfg: Config, cuda: bool) -> list[str]:
     if p.backend == "nccl" and not cuda:
         errors.append("parallel.backend=nccl needs CUDA, and this machine has no CUDA device: use "
                       "parallel.backend=auto (gloo on CPU)")
+    if precision == "fp16" and not cuda:
+        errors.append("train.precision=fp16 needs CUDA (DeepSpeed's fp16 loss scaling), and this machine has no "
+                      "CUDA device: use train.precision=bf16 or fp32")
     if kernel in CUDA_ONLY_ATTENTION and not cuda:
         errors.append(f"model.attention_backend={kernel} needs CUDA, and this machine has no CUDA device: use "
                       "model.attention_backend=auto, math or flash (PyTorch's CPU flash kernel)")
@@ -179,14 +182,6 @@ def fast_path_errors(cfg: Config) -> list[str]:
     elif m.attention_backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
         errors.append("model.attention_backend=flash_attn but the flash-attn package is not installed: "
                       "pip install flash-attn (CUDA only), or use model.attention_backend=flash")
-    if cfg.train.compile:
-        import torch
-
-        from bigtrain.parallel.optimize import compile_problem
-
-        problem = compile_problem("cuda" if torch.cuda.is_available() else "cpu")
-        if problem:
-            errors.append(f"train.compile=true: {problem}; or set train.compile=false")
     if m.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
         errors.append(f"model.activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
                       f"got {m.activation_checkpointing!r}")
