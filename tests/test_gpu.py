@@ -173,3 +173,17 @@ def test_bf16_checkpoint_exports_to_hf_with_logit_parity(bf16_run, tmp_path):
                            "--dtype", "bf16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]  # to_hf checks the logits itself (ParityError otherwise)
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_one_host_sync_per_step_outside_deepspeed(tmp_path, shards):
+    """torch's sync debug mode on 1 CUDA rank: bigtrain's own device->host synchronisations per step
+    (DeepSpeed's not counted) are the agreement's one; metrics rows only at the end (log.every=100),
+    as grad_norm is read on logged steps."""
+    out = tmp_path / "counts.json"
+    run_ranks("tests/collective_count.py", 1, [out, "--", "--config", "debug", *MODEL_8_STEPS, "train.steps=5",
+                                                "log.every=100", "checkpoint.every=0", "checkpoint.save_final=false",
+                                                f"data.path={shards}", f"run.dir={tmp_path / 'run'}"],
+              timeout=600, env={"COUNT_SYNCS": "1"})
+    counts = json.loads(out.read_text())
+    print(json.dumps(counts))  # recorded by tools/gpu_check.sh: where any extra sync comes from
+    assert counts["syncs_per_step"] == [1, 1, 1, 1], counts["sync_sites"]
