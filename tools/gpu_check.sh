@@ -6,11 +6,12 @@
 #                                        #   `tools/gpu_check.sh $OUT/gpu`, timeout_s 600)
 #   DEVICE=cpu tools/gpu_check.sh OUT    # the dry run on CPU: the same phases, a 20m model, GPU tests skipped
 #
-# Phases (seconds: the `timeout` each gets; 550 s in all, leaving the machine's start within 10 minutes):
-#   install  60   pip install --target the carried wheels (deepspeed, megatron-core, webdataset, submitit, ...)
-#   tests   300   pytest -m gpu tests/test_gpu.py (bf16 debug + 125M training, fused AdamW + reshard resume,
-#                 initial weights CPU = GPU, flash vs math and compile parity, bf16 export parity)
-#   z1, z3  2x95  bigtrain bench --size 1.3b, bf16, flash attention, torch.compile, ZeRO-1 then ZeRO-3
+# Phases (seconds: the `timeout` each gets; 560 s in all, leaving the machine's start within 10 minutes):
+#   install  50   pip install --target the carried wheels (deepspeed, megatron-core, webdataset, submitit, ...)
+#   tests   330   pytest -m gpu tests/test_gpu.py (bf16 debug + 125M training, fused AdamW + reshard resume,
+#                 initial weights CPU = GPU, flash vs math and compile parity, bf16 export parity,
+#                 one host sync per step)
+#   z1, z3  2x90  bigtrain bench --size 1.3b, bf16, flash attention, torch.compile, ZeRO-1 then ZeRO-3
 #                 (3 measured steps, no bare baseline: tools/gpu_bench.sh runs the full table with it)
 # A phase that runs out of time is killed and recorded; the next one still runs.
 #
@@ -71,10 +72,10 @@ bench_row() {  # bench_row NAME key=value...: one bench row -> OUT/NAME.json, OU
 
 [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 export PYTHONPATH="$PWD:/tmp/site:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-phase install 60 bash -c "$(declare -f install_wheels); install_wheels"
+phase install 50 bash -c "$(declare -f install_wheels); install_wheels"
 environment > "$OUT/env.txt" 2>&1
 export OUT
-phase tests 300 bash -c "$(declare -f gpu_tests); gpu_tests"
+phase tests 330 bash -c "$(declare -f gpu_tests); gpu_tests"
 if [ "$DEVICE" = cuda ]; then
     row=(--size 1.3b --device cuda --steps 3 --warmup 3 --bare none train.precision=bf16
          model.attention_backend=flash train.compile=true)
@@ -84,7 +85,7 @@ else  # the same phases on a CPU: a 2-layer 20m model, PyTorch's CPU flash kerne
 fi
 name=$([ "$DEVICE" = cuda ] && echo 1.3b_bf16_flash_compile || echo 20m_fp32_flash)
 for stage in 1 3; do
-    phase "z${stage}" 95 bash -c "$(declare -f bench_row); bench_row ${name}_z${stage} ${row[*]} parallel.zero_stage=$stage"
+    phase "z${stage}" 90 bash -c "$(declare -f bench_row); bench_row ${name}_z${stage} ${row[*]} parallel.zero_stage=$stage"
 done
 python3 tools/bench_table.py "$OUT"/*.json > "$OUT/table.md" 2>> "$OUT/phases.tsv"
 cat "$OUT/phases.tsv" "$OUT/table.md"
