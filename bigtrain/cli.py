@@ -135,14 +135,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from bigtrain.launch.submit import SubmitOptions, follow_text, submit
+    from bigtrain.launch.submit import follow_text, submit
 
-    opts = SubmitOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
-                         partition=args.partition, time=args.time, account=args.account, qos=args.qos,
-                         cpus_per_task=args.cpus_per_task, mem=args.mem, constraint=args.constraint,
-                         exclusive=args.exclusive, job_name=args.job_name, folder=args.folder,
-                         max_requeues=args.max_requeues, signal_delay_s=args.signal_delay)
-    job = submit(args.config, args.overrides, opts)
+    job = submit(args.config, args.overrides, submit_options(args))
     print(follow_text(job, job.submission().function.run_dir), flush=True)
     if args.wait:
         print(json.dumps(job.results()[0]))
@@ -348,21 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="queue a run on SLURM with submitit (one task per GPU; requeues on timeout)")
     p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node; one task per GPU")
-    p.add_argument("--tasks-per-node", type=int, default=None, help="default: --gpus-per-node (CPU clusters: set it)")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--time", default="24:00:00", help="time limit per start: MINUTES, HH:MM:SS or D-HH:MM:SS")
-    p.add_argument("--account", default=None)
-    p.add_argument("--qos", default=None)
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--mem", default=None, help="memory per node, e.g. 500G")
-    p.add_argument("--constraint", default=None)
-    p.add_argument("--exclusive", action="store_true")
-    p.add_argument("--job-name", default="bigtrain")
-    p.add_argument("--folder", default=None, help="submitit logs and pickles (default: <run.dir>/submitit)")
-    p.add_argument("--max-requeues", type=int, default=10, help="give up after this many timeouts (default 10)")
-    p.add_argument("--signal-delay", type=int, default=300, help="seconds before the time limit to save (default 300)")
+    add_slurm_options(p)
     p.add_argument("--wait", action="store_true", help="block until the run has finished and print its summary")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_submit)
