@@ -14,7 +14,6 @@ import csv
 import math
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from launch import REPO
