@@ -21,6 +21,7 @@ from launch import REPO, run_ranks
 from tiny_run import MODEL_8_STEPS, metrics, tiny_shards, trajectory
 
 ONE_RANK = [*MODEL_8_STEPS, "parallel.tensor_parallel=1", "eval.every=4", "eval.batches=1", "checkpoint.every=0"]
+WARMUP = "train.warmup_steps=2"  # MODEL_8_STEPS' value, named: references are shared with test_sweep_slurm's grid
 _refs: dict[tuple, list[dict]] = {}
 
 
@@ -147,8 +148,9 @@ def test_halving_rung_must_precede_the_end(tmp_path, tmp_path_factory):
 def test_local_halving_stops_exactly_the_right_trials(tmp_path, tmp_path_factory):
     sweep_dir = tmp_path / "sweep"
     shards = tiny_shards(tmp_path_factory)
+    # eval.every=8: the rung's val_loss at step 4 comes from train.stop_at's own evaluation
     out = cli("--config", "debug", "--executor", "local", "--max-parallel", "2", "--halving", "4",
-              "train.lr=1e-3,3e-3,1e-2", *trial_args(shards), f"run.dir={sweep_dir}")
+              "train.lr=1e-3,3e-3,1e-2", *trial_args(shards, "eval.every=8"), f"run.dir={sweep_dir}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     dirs = trial_dirs(sweep_dir)
     # the rule, recomputed from the trials' own metrics.jsonl: rank by val_loss at step 4, keep floor(3/2) = 1
@@ -163,7 +165,7 @@ def test_local_halving_stops_exactly_the_right_trials(tmp_path, tmp_path_factory
         assert (dirs[label] / "checkpoints" / "latest").read_text().strip() == "step_00000004"
         assert [r["step"] for r in metrics(dirs[label])] == [1, 2, 3, 4]
     # the promoted trial continued exactly as if never stopped (the schedule ran to train.steps throughout)
-    assert trajectory(metrics(dirs[kept[0]])) == trajectory(reference(tmp_path_factory, kept[0]))
+    assert trajectory(metrics(dirs[kept[0]])) == trajectory(reference(tmp_path_factory, kept[0], WARMUP))
     report = cli("report", str(sweep_dir), "--no-plot", timeout=120)
     assert report.returncode == 0, report.stderr
     rows = {r["train.lr"]: r for r in csv.DictReader(open(sweep_dir / "report.csv"))}
@@ -202,7 +204,7 @@ def test_local_rerun_after_interruption_trains_nothing_twice(tmp_path, tmp_path_
     assert out.returncode == 0, out.stdout[-3000:]
     assert f"resumed from {first / 'checkpoints'} at step 4" in (first / "sweep.log").read_text()
     for label, d in trial_dirs(sweep_dir).items():
-        assert trajectory(metrics(d)) == trajectory(reference(tmp_path_factory, label))
+        assert trajectory(metrics(d)) == trajectory(reference(tmp_path_factory, label, WARMUP))
 
     out = cli(*args)  # once more: everything is done, nothing starts
     assert out.returncode == 0 and "started" not in out.stdout, out.stdout

@@ -18,7 +18,7 @@ import time
 import pytest
 from launch import REPO
 from slurm_cluster import FINAL_STATES, job_env, job_info, require_cluster, sacct_starts
-from test_sweep import reference, sweep_cmd, trial_args, trial_dirs
+from test_sweep import WARMUP, reference, sweep_cmd, trial_args, trial_dirs
 from tiny_run import metrics, tiny_shards, trajectory
 
 ONE_TASK = ["--executor", "slurm", "--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1",
@@ -109,7 +109,7 @@ def test_signalled_trial_requeues_exactly_and_bad_data_fails_alone(cluster, tmp_
             assert (d / "sweep_error.txt").read_text().startswith("error: ")
             assert "no-such-shards" in (d / "sweep_error.txt").read_text()
         else:
-            assert trajectory(metrics(d)) == trajectory(reference(tmp_path_factory, label.split()[0]))
+            assert trajectory(metrics(d)) == trajectory(reference(tmp_path_factory, label.split()[0], WARMUP))
     assert status.count(" done ") == 2 and status.count(" failed ") == 2, status
     assert "no-such-shards" in status
     sweep("report", str(sweep_dir), "--no-plot", timeout=120)
