@@ -159,7 +159,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from bigtrain.launch.sweep import SweepRequest, parse_halving, run_sweep
 
     if args.config is None:
-        raise SystemExit("bigtrain sweep: --config is required (or: bigtrain sweep status|report SWEEP_DIR)")
+        from bigtrain.errors import UserError
+
+        raise UserError("bigtrain sweep needs --config C (the base recipe or YAML); or: bigtrain sweep status|report "
+                        "SWEEP_DIR")
     halving = parse_halving(args.halving, args.halving_metric, args.halving_eta) if args.halving else None
     req = SweepRequest(args.config, args.items, args.space, args.trials, args.seed, args.max_parallel, halving,
                        args.executor, args.gpus_per_trial, submit_options(args), args.wait)
@@ -171,7 +174,10 @@ def cmd_sweep_results(args: argparse.Namespace) -> None:
     from bigtrain.launch.sweep.status import format_status, sweep_status
 
     if len(args.items) != 2:
-        raise SystemExit(f"usage: bigtrain sweep {args.items[0]} SWEEP_DIR")
+        from bigtrain.errors import UserError
+
+        raise UserError(f"bigtrain sweep {args.items[0]} takes one argument, the sweep directory: "
+                        f"bigtrain sweep {args.items[0]} SWEEP_DIR")
     sweep_dir = Path(args.items[1])
     if args.items[0] == "status":
         print(format_status(sweep_status(sweep_dir)))

@@ -191,6 +191,8 @@ def test_local_rerun_after_interruption_trains_nothing_twice(tmp_path, tmp_path_
         time.sleep(0.2)
     status = cli("status", str(sweep_dir), timeout=120)
     assert "running" in status.stdout and "pending" in status.stdout, status.stdout
+    again = cli(*args, timeout=300)  # a second driver on the same sweep must not start the running trial twice
+    assert again.returncode == 2 and "trials of this sweep are still running or queued: t-" in again.stderr, again.stderr
     driver.send_signal(signal.SIGINT)
     time.sleep(1)
     (hold / "after_step:3.release").touch()

@@ -16,7 +16,8 @@ from bigtrain.launch.sweep import halving as sh
 from bigtrain.launch.sweep.executors import LocalRunner, SlurmArray, TrialRun
 from bigtrain.launch.sweep.plan import SweepError, SweepSpec, Trial, check_manifest, check_trials, make_trials
 from bigtrain.launch.sweep.space import combine, load_space_file, sample_trials, split_args
-from bigtrain.launch.sweep.state import checkpoint_step
+from bigtrain.launch.sweep.state import JOB_FILE, checkpoint_step, read_json
+from bigtrain.launch.sweep.status import live_state
 
 INTERRUPTED = 75  # exit status of an interrupted local sweep: re-run the command to continue
 
@@ -103,6 +104,7 @@ def run_stage(req: SweepRequest, sweep: Sweep, trials: list[Trial], rung: int | 
             print(f"kept: {t.id} ({t.label()}) already at step {checkpoint_step(t.dir)}", flush=True)
     if not todo:
         return True
+    check_not_running(todo)
     where = f"to step {rung} (rung)" if rung else "to the end"
     print(f"stage {where}: {len(todo)} trial(s), {req.max_parallel} at a time ({req.executor})", flush=True)
     runs = stage_runs(sweep, todo, rung)
@@ -114,6 +116,15 @@ def run_stage(req: SweepRequest, sweep: Sweep, trials: list[Trial], rung: int | 
     if req.wait or req.halving:
         array.wait(jobs)
     return True
+
+
+def check_not_running(trials: list[Trial]) -> None:
+    """A trial still running (or queued) from an earlier start of the sweep must not be started twice."""
+    busy = [(t, live_state(read_json(t.dir / JOB_FILE))) for t in trials]
+    busy = [f"{t.id} ({t.label()}): {state}, {where}" for t, (state, where) in busy if state is not None]
+    if busy:
+        raise SweepError("trials of this sweep are still running or queued: " + "; ".join(busy) + ". Wait for them "
+                         "(bigtrain sweep status) or stop them, then re-run")
 
 
 def submitit_folder(req: SweepRequest, sweep: Sweep) -> Path:

@@ -56,6 +56,13 @@ def live_state(job: dict) -> tuple[str | None, str]:
 
 
 def pid_alive(pid: int) -> bool:
+    """The process exists and (where /proc tells) is still a bigtrain trial, not a reused pid."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self/cmdline").exists():
+        try:
+            return b"bigtrain" in cmdline.read_bytes()
+        except OSError:
+            return False
     try:
         os.kill(pid, 0)
     except OSError:
