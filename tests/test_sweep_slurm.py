@@ -3,7 +3,7 @@ as one submitit job array, one task each (the 1-rank tiny trials of tests/test_s
 
 - a 4-trial grid with --max-parallel 2 (the array's %2): every trial's metrics.jsonl equals the same
   config run alone with pretrain.py, and the report's numbers equal those files;
-- a trial signalled mid-run (submitit's USR2, as SLURM sends it before a time limit) saves, is requeued
+- a trial signalled mid-run (``scancel --signal=USR1`` on its array task) saves, is requeued
   and ends with the losses of an uninterrupted run, while trials with a bad data.path fail with their
   error line in status and report and the others finish.
 """
@@ -76,7 +76,7 @@ def test_signalled_trial_requeues_exactly_and_bad_data_fails_alone(cluster, tmp_
     hold.mkdir()
     good = tiny_shards(tmp_path_factory)
     args = ["--config", "debug", *ONE_TASK, "--max-parallel", "2", "--folder", str(tmp_path / "submitit"),
-            "--time", "10", "--signal-delay", "60", "--max-requeues", "2",  # <= 50 min: the signal counts as a timeout
+            "--time", "10", "--signal-delay", "60", "--max-requeues", "2",  # <= 50 min: submitit counts the signal as a timeout
             "train.lr=1e-3,3e-3", f"data.path={good},{tmp_path / 'no-such-shards'}",
             *trial_args(good), f"run.dir={sweep_dir}"]
     # every good trial pauses after step 3 until released: the first to get there is signalled there
@@ -93,7 +93,7 @@ def test_signalled_trial_requeues_exactly_and_bad_data_fails_alone(cluster, tmp_
     held = next(label for label, d in dirs.items() if (d / "metrics.jsonl").exists()
                 and len((d / "metrics.jsonl").read_text().splitlines()) >= 3)
     job = jobs[dirs[held].name]
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # "save and requeue now"
     time.sleep(2)
     (hold / "after_step:3.release").touch()
     deadline = time.time() + 600
