@@ -12,9 +12,10 @@ Row keys (a contract: ``grad_norm``, ``mfu``, ``tokens_per_sec``, ``step_time`` 
     skipped, skipped_steps, consecutive_skips, [val_loss, val_ppl, val_tokens], [loss_spike]
 
 ``loss``/``grad_norm`` are null when not finite. ``mfu`` = tokens_per_sec_per_device x
-train_flops_per_token / peak (see flops.py for both). ``mem_gib`` is the largest, over ranks, of the
+train_flops_per_token / peak (config/arithmetic.py, flops.py). ``mem_gib`` is the largest, over ranks, of the
 peak CUDA memory allocated (``mem_kind`` "cuda_max_allocated") or, without CUDA, of the peak
-process RSS ("rss_peak").
+process RSS ("rss_peak"), read at the step's agreement after its last backward (the optimizer
+update's own peak shows from the next step on).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch.distributed as dist
 
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
-from bigtrain.train.flops import Peak, measure_peak, peak_flops, train_flops_per_token
+from bigtrain.config.arithmetic import train_flops_per_token
+from bigtrain.train.flops import Peak, measure_peak, peak_flops
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
@@ -115,46 +117,48 @@ class MetricsLogger(Callback):
         self.peak = peak
         self.sinks = sinks or []  # TensorBoardSink, WandbSink (sinks.py): rank 0 only
         self.file = None
-        self.unlogged: tuple[dict, str] | None = None  # the last step's row and line, when not written
+        self.unlogged: tuple[StepResult, float | None] | None = None  # the last step, until its row is written
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.started = time.perf_counter()
         self.first_step = trainer.state.step
         self.console = trainer.console
+        self.mem_kind = peak_memory(trainer.world.device)[1]
+        # every step, in the step's one agreement (max over ranks): no rank can miss a log step's collective
+        trainer.agreement.add("mem_gib", "max", source=lambda: peak_memory(trainer.world.device)[0])
         if not trainer.world.is_main:
             return
         truncate_metrics(self.path, trainer.state.step)
         self.file = self.path.open("a")
         for sink in self.sinks:
             sink.open(trainer.state.step)
-        trainer.say(f"MFU: {self.flops_per_token:,} model FLOPs per token (6N + 12LCT, bigtrain/train/flops.py); "
+        trainer.say(f"MFU: {self.flops_per_token:,} model FLOPs per token (6N + 12LCT, bigtrain/config/arithmetic.py); "
                     f"peak {self.peak.tflops:,.1f} TFLOP/s per device ({self.peak.source})")
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        mem, mem_kind = peak_memory(trainer.world.device)
-        mem_t = torch.tensor([mem], dtype=torch.float64, device=trainer.world.device)
-        dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)  # every step, so no rank can miss a log step's collective
         if not trainer.world.is_main:
             return
         step, total = trainer.state.step, trainer.cfg.train.steps
         eta_s = self.eta_seconds(step, total)
         trainer.console.progress(step, total, eta_s)
-        row = self.row(trainer, result, mem_t.item(), mem_kind)
-        self.unlogged = (row, self.format(row, total, eta_s))
+        self.unlogged = (result, eta_s)  # the row is built only when written: grad_norm costs a device sync
         if step % self.every == 0 or step == total or self.is_event(trainer, result):
-            self.write(*self.unlogged)
+            self.write(trainer)
 
     def is_event(self, trainer: Trainer, result: StepResult) -> bool:
         """A step whose row must not be lost between log steps (not the per-step data columns)."""
         checkpoint = bool(self.checkpoint_every) and trainer.state.step % self.checkpoint_every == 0
         return result.skipped or checkpoint or any(k in trainer.extra_metrics for k in EVENT_KEYS)
 
-    def write(self, row: dict, line: str) -> None:
+    def write(self, trainer: Trainer) -> None:
+        """The row of the last step (still the trainer's state and extra_metrics) to every sink."""
+        result, eta_s = self.unlogged
+        row = self.row(trainer, result, result.agreed["mem_gib"], self.mem_kind)
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for sink in self.sinks:
             sink.log(row, row["step"])
-        self.console.print(line)
+        self.console.print(self.format(row, trainer.cfg.train.steps, eta_s))
         self.unlogged = None
 
     def row(self, trainer: Trainer, result: StepResult, mem_gib: float, mem_kind: str) -> dict:
@@ -205,7 +209,7 @@ class MetricsLogger(Callback):
         if not trainer.world.is_main:
             return
         if trainer.stop_reason and self.unlogged:  # the step the run stopped on (its checkpoint's step)
-            self.write(*self.unlogged)
+            self.write(trainer)
         trainer.console.close()
         if trainer.stop_reason:
             trainer.say(f"stopping after step {trainer.state.step}: {trainer.stop_reason}")

@@ -11,21 +11,22 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import yaml
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
 from bigtrain.checkpoint.reshard import restore
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
-from bigtrain.config.validate import config_errors, raise_all
+from bigtrain.config.validate import all_errors, raise_all, resolve_precision
 from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
 from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
 from bigtrain.errors import UserError
-from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
@@ -35,6 +36,7 @@ from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.signals import SignalStop
+from bigtrain.train.stop_at import StopAt
 from bigtrain.train.sinks import build_sinks
 from bigtrain.train.summary import summary_lines, write_summary
 from bigtrain.train.watchdog import Watchdog
@@ -71,10 +73,10 @@ def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
     return dataclasses.replace(cfg, model=model, data=data), sources
 
 
-def checked(cfg: Config, world_size: int) -> tuple[Config, list[Source]]:
+def checked(cfg: Config, world_size: int, cuda: bool) -> tuple[Config, list[Source]]:
     """Validate the config and find the data, reporting every problem at once: a layout error must not hide
     a mistyped data.path (the embedded default corpus is only built for an otherwise valid config)."""
-    errors = config_errors(cfg, world_size)
+    errors = all_errors(cfg, world_size, cuda)
     if errors and not (cfg.data.path or cfg.data.sources):
         raise_all(errors)
     try:
@@ -185,6 +187,18 @@ def check_precision_supported(cfg: Config) -> None:
                           "support fp16 on this machine (no CUDA device); use train.precision=bf16 or fp32")
 
 
+def check_compile_supported(cfg: Config) -> None:
+    """train.compile needs a C++ compiler (CPU) or triton (CUDA) on the machine that trains: checked here,
+    before any process group, not in config validation (which also runs on login nodes)."""
+    if not cfg.train.compile:
+        return
+    from bigtrain.parallel.optimize import compile_problem
+
+    problem = compile_problem("cuda" if torch.cuda.is_available() else "cpu")
+    if problem:
+        raise ConfigError(f"train.compile=true: {problem}; or set train.compile=false")
+
+
 def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -196,13 +210,18 @@ def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: 
 
 def pretrain(cfg: Config) -> Trainer:
     """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
+    import torch
+
     launch = launch_env()
+    cuda = torch.cuda.is_available()
     try:  # every rank reads the same config and files here: they all raise the same error
-        cfg, sources = checked(cfg, launch.world_size)
+        cfg, sources = checked(cfg, launch.world_size, cuda)
+        cfg = resolve_precision(cfg, cuda)  # config.yaml, meta.json and the start line hold bf16/fp32, never auto
         check_resumable(cfg, sources[0].manifest)
         check_data_resumable(cfg, sources)
         warnings = check_schedule(cfg)
         check_precision_supported(cfg)
+        check_compile_supported(cfg)
     except UserError as exc:
         exc.agreed = True
         raise
@@ -235,6 +254,12 @@ def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
         cb.on_train_end(trainer)
 
 
+def device_line(world: World, precision: str) -> str:
+    """The start line naming the device and the resolved precision (``train.precision=auto`` included)."""
+    tf32 = " (TF32 matmuls)" if world.device.type == "cuda" and precision == "fp32" else ""
+    return f"training on {world.world_size} x {world.device.type} ({world.backend}), train.precision={precision}{tf32}"
+
+
 def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
@@ -242,6 +267,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
     if world.is_main:
         write_run_dir(run_dir, cfg, sources, ds_config)
+        print(device_line(world, cfg.train.precision), flush=True)
     dist.barrier()
     injector = inject.Injector(world.rank)
     checkpointer = Checkpointer(run_dir, world.is_main, cfg.checkpoint.keep, cfg.checkpoint.keep_every,
@@ -261,6 +287,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
         MetricsLogger(cfg, agreed_peak(world, t.precision, run_dir), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
+        StopAt(t.stop_at),  # before the checkpoint callback: its on_train_end saves the stopped step
         CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final,
                            lambda trainer: describe(trainer, loader), dump_yaml(cfg), run_dir / "tokenizer"),
     ]
@@ -273,7 +300,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
                     f"To continue, raise train.steps (with train.allow_schedule_change=true)")
         return trainer
     if world.is_main:
-        lines = summary_lines(cfg, world, sources, engine.module, state.step)
+        lines = summary_lines(cfg, world, sources, state.step)
         write_summary(run_dir, lines)
         trainer.say("\n".join(lines))
     try:

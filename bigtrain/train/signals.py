@@ -1,8 +1,9 @@
 """Stop cleanly on SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM sends before a time limit or on preemption),
 on SIGINT (Ctrl-C), and when the launcher that started the ranks is gone.
 
-The handler only sets a flag. After each step the ranks agree (all-reduce MAX) on whether any of
-them was signalled, so every rank stops after the *same* step; the loop then ends, the checkpoint
+The handler only sets a flag. Each step the ranks agree on whether any of them was signalled (a
+``stop_signal`` slot, max over ranks, in the step's one agreement: agreement.py), so every rank
+stops after the *same* step; the loop then ends, the checkpoint
 callback saves, and the process exits with :data:`REQUEUE_EXIT_CODE` so a launcher knows to
 requeue. Further signals during the save are recorded but change nothing.
 
@@ -24,8 +25,6 @@ import sys
 import time
 
 import psutil
-import torch
-import torch.distributed as dist
 
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
@@ -89,17 +88,17 @@ class SignalStop(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         self.is_main = trainer.world.is_main
         self.launchers = launcher_processes()
+        trainer.agreement.add("stop_signal", "max", source=lambda: 1.0 if self.stop_requested() else 0.0)
         for sig in self.signals:
             self.previous[sig] = signal.signal(sig, self._handle)
 
-    def launcher_gone(self) -> bool:
-        return any(not alive(proc) for proc in self.launchers)
+    def stop_requested(self) -> bool:
+        """This rank's vote in the step's agreement: a signal arrived, or a launcher process is gone."""
+        self.launcher_exited = self.launcher_exited or any(not alive(proc) for proc in self.launchers)
+        return bool(self.received) or self.launcher_exited
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        self.launcher_exited = self.launcher_exited or self.launcher_gone()
-        flag = torch.tensor([1.0 if self.received or self.launcher_exited else 0.0], device=trainer.world.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and trainer.stop_reason is None:
+        if result.agreed.get("stop_signal") and trainer.stop_reason is None:
             reasons = [f"received {','.join(sorted(set(self.received)))}"] if self.received else []
             reasons += ["the launcher (torchrun/deepspeed) exited"] if self.launcher_exited else []
             trainer.stop("; ".join(reasons) or "received a signal on another rank", requeue=True)

@@ -1,9 +1,9 @@
 """What a run is about to do, said once at its start (rank 0's stdout and ``<run.dir>/summary.txt``).
 
-One block: model size (parameters in total and per tensor-parallel rank), layout, tokens per step,
-the planned tokens and epochs over the training split, the validation set, precision and kernels,
-and where checkpoints go. Every line is computed from the resolved config, the shards' manifests and
-the model this rank built, so it is what the run really does.
+One block: model size (parameters in total and per tensor-parallel rank, bigtrain/config/arithmetic.py:
+what the model holds, padded vocabulary rows included), layout, tokens per step, the planned tokens and
+epochs over the training split, the validation set, precision and kernels, and where checkpoints go.
+Every line is computed from the resolved config and the shards' manifests.
 """
 
 from __future__ import annotations
@@ -11,22 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR
+from bigtrain.config.arithmetic import padded_vocab_size, param_counts
 from bigtrain.config.schema import Config
 from bigtrain.data.sources import Source
 from bigtrain.parallel.world import World
 
 SUMMARY_FILE = "summary.txt"
-
-
-def param_counts(module, tp: int) -> tuple[int, int]:
-    """(whole model, this TP rank) parameters of the built model: ZeRO-3 partitions keep their full size in
-    ``ds_numel``; megatron marks tensor-parallel shards (``tensor_model_parallel``), the rest is replicated."""
-    per_rank = total = 0
-    for p in module.parameters():
-        n = getattr(p, "ds_numel", p.numel())
-        per_rank += n
-        total += n * tp if getattr(p, "tensor_model_parallel", False) else n
-    return total, per_rank
 
 
 def millions(n: float) -> str:
@@ -43,9 +33,10 @@ def epochs_text(cfg: Config, sources: list[Source]) -> str:
     return "epochs " + ", ".join(f"{name} {e:.2f}" for name, e in parts)
 
 
-def summary_lines(cfg: Config, world: World, sources: list[Source], module, start_step: int) -> list[str]:
+def summary_lines(cfg: Config, world: World, sources: list[Source], start_step: int) -> list[str]:
     m, t, c = cfg.model, cfg.train, cfg.checkpoint
-    total, per_rank = param_counts(module, world.tp_size)
+    counts = param_counts(m, padded_vocab_size(m.vocab_size, m.vocab_pad_multiple, world.tp_size), world.tp_size)
+    total, per_rank = counts.total, counts.per_tp_rank
     tokens_per_step = t.global_batch_size * m.seq_len
     accum = t.global_batch_size // (t.micro_batch_size * world.dp_size)
     train_samples = sum(s.num_samples for s in sources)
