@@ -17,8 +17,9 @@ same ``run.dir`` resumes from its latest complete checkpoint.
 Exit status: 0 done; 2 bad config/data/checkpoint (one ``error:`` line); 3 stopped after
 ``train.max_consecutive_skips`` non-finite steps in a row (a checkpoint of the last good weights was
 saved); 4 the hang watchdog fired (``train.watchdog_timeout_s``; stacks in ``<run.dir>/hangs/``);
-75 stopped by SIGTERM, SIGUSR1 or SIGUSR2 after saving a checkpoint: requeue the job and it resumes
-(slurm/pretrain.sh and bigtrain submit do).
+75 stopped by SIGTERM, SIGUSR1, SIGUSR2, SIGINT (Ctrl-C) or the exit of the launcher, after saving a
+checkpoint: requeue the job and it resumes (slurm/pretrain.sh and bigtrain submit do); 130 a second
+Ctrl-C aborted without saving.
 """
 
 from __future__ import annotations
