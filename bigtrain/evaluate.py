@@ -19,7 +19,12 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.convert.load import encode_document, load_model, load_tokenizer, open_checkpoint
+from bigtrain.convert.load import (
+    encode_document,
+    load_model,
+    load_tokenizer,
+    open_checkpoint,
+)
 from bigtrain.data.documents import decode
 from bigtrain.errors import UserError
 

@@ -17,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.convert.load import encode_document, load_model, load_tokenizer, open_checkpoint
+from bigtrain.convert.load import (
+    encode_document,
+    load_model,
+    load_tokenizer,
+    open_checkpoint,
+)
 from bigtrain.errors import UserError
 
 

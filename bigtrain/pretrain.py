@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     args.config = args.config or default_config(args.overrides)
     from bigtrain.config.load import load_config
     from bigtrain.errors import UserError
-
     from bigtrain.parallel.world import launch_env
 
     rank = launch_env().rank

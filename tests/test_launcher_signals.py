@@ -39,7 +39,7 @@ def start(launcher: str, run: Path, holds: Path, shards: Path) -> tuple[subproce
            "OMP_NUM_THREADS": "1", "BIGTRAIN_TEST_HOLD": "after_step:3", "BIGTRAIN_TEST_HOLD_DIR": str(holds)}
     cmd = [*LAUNCHERS[launcher](), "bigtrain/pretrain.py", *ARGS, f"data.path={shards}", f"run.dir={run}"]
     # a session of its own, like a terminal's job: Ctrl-C = SIGINT to this process group
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     return proc, log
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bigtrain.config.arithmetic import train_flops_per_token
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
-from bigtrain.config.arithmetic import train_flops_per_token
 from bigtrain.train.flops import Peak, measure_peak, peak_flops
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult

@@ -15,7 +15,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
+from bigtrain.checkpoint.manager import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    latest_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+)
 from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
@@ -36,8 +42,8 @@ from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.signals import SignalStop
-from bigtrain.train.stop_at import StopAt
 from bigtrain.train.sinks import build_sinks
+from bigtrain.train.stop_at import StopAt
 from bigtrain.train.summary import summary_lines, write_summary
 from bigtrain.train.watchdog import Watchdog
 

@@ -44,22 +44,22 @@ def summary_lines(cfg: Config, world: World, sources: list[Source], start_step: 
     evaluated = min(cfg.eval.batches * t.global_batch_size, val_samples)
     start = f"resuming at step {start_step}" if start_step else "starting at step 0"
     every = f"every {c.every} steps and at the end" if c.every else "at the end"
+    keep = f", keeping the last {c.keep}" if c.keep else ""
+    evaluation = f"{evaluated:,} evaluated every {cfg.eval.every} steps" if cfg.eval.every else "eval.every=0: off"
     return [
         f"run {cfg.run.dir}: {start} of {t.steps}",
-        f"  model      {millions(total)} parameters ({millions(per_rank)} per TP rank): {m.num_layers} layers, "
-        f"hidden {m.hidden_size}, {m.num_heads} heads ({m.num_kv_heads} kv), seq_len {m.seq_len}, vocab {m.vocab_size}",
-        f"  layout     {world.world_size} rank(s) = TP {world.tp_size} x DP {world.dp_size}, ZeRO-{cfg.parallel.zero_stage}, "
-        f"{world.backend} on {world.device.type}",
-        f"  batch      {t.global_batch_size} sequences x {m.seq_len} tokens = {tokens_per_step:,} tokens per step "
-        f"(micro-batch {t.micro_batch_size}, {accum} accumulation step(s) per rank)",
-        f"  plan       {t.steps:,} steps = {t.steps * tokens_per_step:,} tokens = {epochs_text(cfg, sources)} of "
-        f"{train_samples:,} training samples",
-        f"  validation {val_samples:,} samples; " + (f"{evaluated:,} evaluated every {cfg.eval.every} steps"
-                                                      if cfg.eval.every else "eval.every=0: off"),
-        f"  precision  {t.precision}; attention {m.attention_backend}, activation checkpointing "
-        f"{m.activation_checkpointing}, compile {str(t.compile).lower()}, fused_adam {str(t.fused_adam).lower()}",
-        f"  checkpoints {Path(cfg.run.dir) / CHECKPOINT_DIR} {every}"
-        + (f", keeping the last {c.keep}" if c.keep else ""),
+        (f"  model      {millions(total)} parameters ({millions(per_rank)} per TP rank): {m.num_layers} layers, "
+         f"hidden {m.hidden_size}, {m.num_heads} heads ({m.num_kv_heads} kv), seq_len {m.seq_len}, vocab {m.vocab_size}"),
+        (f"  layout     {world.world_size} rank(s) = TP {world.tp_size} x DP {world.dp_size}, ZeRO-{cfg.parallel.zero_stage}, "
+         f"{world.backend} on {world.device.type}"),
+        (f"  batch      {t.global_batch_size} sequences x {m.seq_len} tokens = {tokens_per_step:,} tokens per step "
+         f"(micro-batch {t.micro_batch_size}, {accum} accumulation step(s) per rank)"),
+        (f"  plan       {t.steps:,} steps = {t.steps * tokens_per_step:,} tokens = {epochs_text(cfg, sources)} of "
+         f"{train_samples:,} training samples"),
+        f"  validation {val_samples:,} samples; {evaluation}",
+        (f"  precision  {t.precision}; attention {m.attention_backend}, activation checkpointing "
+         f"{m.activation_checkpointing}, compile {str(t.compile).lower()}, fused_adam {str(t.fused_adam).lower()}"),
+        f"  checkpoints {Path(cfg.run.dir) / CHECKPOINT_DIR} {every}{keep}",
     ]
 
 
