@@ -13,6 +13,7 @@ import torch
 from bigtrain.checkpoint.manager import CheckpointError
 from bigtrain.config.schema import Config, ModelConfig
 from bigtrain.convert.source import Checkpoint, model_config  # noqa: F401  (model_config: re-exported)
+from bigtrain.model.encoder import EncoderModel
 from bigtrain.model.llama import LlamaModel, padded_vocab_size
 
 TOKENIZER_DIR = "tokenizer"
@@ -35,13 +36,15 @@ def single_process_world():
     return world
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, world) -> LlamaModel:
-    """The plain model at TP=1 on CPU, fp32, without a DeepSpeed engine (weights left uninitialised)."""
+def build_model(cfg: ModelConfig, vocab_size: int, world, objective: str = "clm") -> LlamaModel | EncoderModel:
+    """The plain model at TP=1 on CPU, fp32, without a DeepSpeed engine (weights left uninitialised);
+    the encoder for a masked-LM run (``objective="mlm"``)."""
     from bigtrain.parallel.engine import tp_layer_config
 
     tp = dataclasses.replace(tp_layer_config(Config(model=cfg), world), perform_initialization=False)
     # the training run's attention kernel (e.g. flash_attn on a GPU) may not exist here: same function, default kernel
-    return LlamaModel(dataclasses.replace(cfg, attention_backend="auto"), vocab_size, tp)
+    model_class = EncoderModel if objective == "mlm" else LlamaModel
+    return model_class(dataclasses.replace(cfg, attention_backend="auto"), vocab_size, tp)
 
 
 def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = None) -> tuple[LlamaModel, dict]:
@@ -54,7 +57,7 @@ def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = 
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint.open(src)
     cfg, vocab = ckpt.cfg, ckpt.vocab_size
     world = single_process_world()
-    model = build_model(cfg, vocab, world)
+    model = build_model(cfg, vocab, world, ckpt.objective)
     params = dict(model.named_parameters())
     names = ckpt.names()
     missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+
+from bigtrain.train.objectives import CausalLM
 
 
 @dataclass
@@ -28,6 +30,7 @@ class StepResult:
     step_time: float  # wall seconds of the whole step
     skipped: bool = False  # the optimizer update was skipped
     nonfinite: str | None = None  # why: "loss", "grad" (seen by bigtrain), "grad_norm" (DeepSpeed), "loss_scale" (fp16)
+    extras: dict = field(default_factory=dict)  # the objective's own numbers (distill: kd_loss, ce_loss ...)
 
 
 def fetch(batches, accum: int) -> list[torch.Tensor]:
@@ -38,22 +41,25 @@ def fetch(batches, accum: int) -> list[torch.Tensor]:
     return [next(batches) for _ in range(accum)]
 
 
-def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None) -> StepResult:
+def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None,
+               objective=None) -> StepResult:
+    """``objective`` (bigtrain/train/objectives.py) turns a micro-batch into its loss; default: causal LM."""
+    objective = objective or CausalLM()
     start = time.perf_counter()
     micro_batches = fetch(batches, accum)
     data_wait = time.perf_counter() - start
+    objective.begin_step(micro_batches, device)
     total = torch.zeros((), device=device)
-    for i, tokens in enumerate(micro_batches):
-        tokens = tokens.to(device, non_blocking=True).long()  # (M, T+1); shards hold uint16/uint32
-        total += forward_backward(engine, tokens, guard if i == 0 else None)
+    for i, batch in enumerate(micro_batches):
+        total += forward_backward(engine, objective.loss(engine, batch, device), guard if i == 0 else None)
         if i < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only counts the micro-step
-    return update(engine, total / accum, guard, data_wait, start)
+    result = update(engine, total / accum, guard, data_wait, start)
+    result.extras = objective.step_metrics(device)
+    return result
 
 
-def forward_backward(engine, tokens: torch.Tensor, guard=None) -> torch.Tensor:
-    losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T) fp32
-    loss = losses.mean()
+def forward_backward(engine, loss: torch.Tensor, guard=None) -> torch.Tensor:
     if guard is not None:
         loss = guard.inject(loss)  # testing aid: BIGTRAIN_INJECT_NAN_STEPS (no-op otherwise)
     engine.backward(loss)
