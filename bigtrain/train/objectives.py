@@ -132,17 +132,22 @@ class MaskedLM:
         return losses.double().sum(dim=1), chosen.double().sum(dim=1), hits.double().sum(dim=1)
 
 
-def check_objective(cfg: Config, manifest: Manifest) -> None:
-    """What the objective needs from the data and the teacher, checked before any process group."""
+def check_objective(cfg: Config, manifest: Manifest, open_teacher=None) -> None:
+    """What the objective needs from the data and the teacher, checked before any process group.
+
+    ``open_teacher``: how to read a distillation teacher (bigtrain/convert/teacher.py's ``open_teacher``,
+    handed down by the entry points: the converters sit above this layer)."""
     if cfg.train.objective == "mlm":
         mask_spec(cfg, read_tokenizer_meta(manifest.tokenizer_dir), manifest.tokenizer_dir)
     elif cfg.train.objective == "distill":
         from bigtrain.train.distill import check_teacher
 
-        check_teacher(cfg, manifest)
+        if open_teacher is None:
+            raise ConfigError("train.objective=distill: this entry point cannot load a teacher (no open_teacher)")
+        check_teacher(cfg, manifest, open_teacher)
 
 
-def build_objective(cfg: Config, world, manifest: Manifest):
+def build_objective(cfg: Config, world, manifest: Manifest, open_teacher=None):
     """The objective of ``train.objective`` (after :func:`check_objective`; distill loads its teacher)."""
     if cfg.train.objective == "mlm":
         return MaskedLM(mask_spec(cfg, read_tokenizer_meta(manifest.tokenizer_dir), manifest.tokenizer_dir),
@@ -150,5 +155,5 @@ def build_objective(cfg: Config, world, manifest: Manifest):
     if cfg.train.objective == "distill":
         from bigtrain.train.distill import Distill
 
-        return Distill.build(cfg, world, manifest)
+        return Distill.build(cfg, world, manifest, open_teacher)
     return CausalLM()

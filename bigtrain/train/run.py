@@ -158,18 +158,21 @@ def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: 
         shutil.copytree(tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
-def pretrain(cfg: Config) -> Trainer:
-    """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
+def pretrain(cfg: Config, open_teacher=None) -> Trainer:
+    """Run (or resume) pretraining as one rank of the job described by the launcher's environment.
+
+    ``open_teacher`` reads a distillation teacher (``train.objective=distill``): the entry points pass
+    bigtrain.convert.teacher.open_teacher."""
     launch = launch_env()
     validate(cfg, launch.world_size)
     cfg, sources = resolve_data(cfg)
     check_resumable(cfg, sources[0].manifest)
     check_data_resumable(cfg, sources)
     check_precision_supported(cfg)
-    check_objective(cfg, sources[0].manifest)
+    check_objective(cfg, sources[0].manifest, open_teacher)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
-        return train(cfg, world, sources)
+        return train(cfg, world, sources, open_teacher)
     finally:
         destroy_world()
 
@@ -193,7 +196,7 @@ def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
         cb.on_train_end(trainer)
 
 
-def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
+def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
     run_dir = Path(cfg.run.dir)
@@ -210,7 +213,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         rng = "" if meta.get("rng_restored") else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
         print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}{rng}", flush=True)
     loader = build_loader(cfg, world, sources, meta)
-    objective = build_objective(cfg, world, sources[0].manifest)
+    objective = build_objective(cfg, world, sources[0].manifest, open_teacher)
     t = cfg.train
     guard = NonFiniteGuard(engine, world.device, check_grads=t.precision != "fp16", nan_steps=inject.nan_steps(),
                            inject_rank=world.rank == 0)
