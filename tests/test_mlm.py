@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,9 +176,11 @@ def test_classification_finetune_runs_from_the_export(tmp_path, single):
             for i in range(16)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}  # a fresh process, no launcher
     out = subprocess.run([sys.executable, "tools/finetune_hf.py", "classify", str(hf_dir), "--train", str(data),
                           "--out", str(tmp_path / "ft"), "--epochs", "1"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "ft" / "finetune_results.json").read_text())
     assert result["engine"] == "DeepSpeedEngine" and np.isfinite(result["after"]["loss"])

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 from torch import Tensor
 
@@ -36,7 +38,11 @@ class Teacher:
     vocab_size: int
     sha256: str  # identity (module doc)
     tokenizer_sha256: str | None  # of its tokenizer.model, when it has one
-    source: Checkpoint | HFWeights
+    open_source: Callable[[], Checkpoint | HFWeights]  # the weights, opened on first use (after the checks)
+
+    @cached_property
+    def source(self) -> Checkpoint | HFWeights:
+        return self.open_source()
 
     def names(self) -> list[str]:
         return self.source.names() if self.kind == "bigtrain" else bigtrain_names(self.cfg)
@@ -80,14 +86,13 @@ def open_teacher(path: str | Path) -> Teacher:
                               "must be a causal LM")
     meta = (folder / "meta.json").read_bytes()
     return Teacher(folder.resolve(), "bigtrain", ckpt.cfg, ckpt.vocab_size, digest(meta),
-                   tokenizer_sha(folder / "tokenizer"), ckpt)
+                   tokenizer_sha(folder / "tokenizer"), lambda: ckpt)
 
 
 def open_hf(folder: Path) -> Teacher:
     config_file = folder / "config.json"
     cfg, _ = model_config(read_json(config_file), config_file)
-    weights = HFWeights(folder)
     sizes = json.dumps(sorted((p.name, p.stat().st_size) for p in folder.iterdir()
                               if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())).encode()
     return Teacher(folder.resolve(), "hf", cfg, cfg.vocab_size, digest(config_file.read_bytes(), sizes),
-                   tokenizer_sha(folder), weights)
+                   tokenizer_sha(folder), lambda: HFWeights(folder))

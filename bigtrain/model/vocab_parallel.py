@@ -20,12 +20,11 @@ def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return t
 
 
-def log_softmax_parts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(local exp(z - max), log-partition (...)) of local logits: log p = z - logZ over the full vocabulary."""
-    top = _all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX)  # (...)
-    exp = torch.exp(logits - top.unsqueeze(-1))
-    total = _all_reduce(exp.sum(dim=-1))
-    return exp, top + total.log()
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Local shard (..., V/tp) of log softmax over the full vocabulary: (z - max) - log sum exp(z - max)."""
+    shifted = logits - _all_reduce(logits.max(dim=-1).values, dist.ReduceOp.MAX).unsqueeze(-1)
+    total = _all_reduce(torch.exp(shifted).sum(dim=-1))  # (...)
+    return shifted - total.log().unsqueeze(-1)
 
 
 class VocabParallelKL(torch.autograd.Function):
@@ -36,10 +35,8 @@ class VocabParallelKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        s, t = student.float() / temperature, teacher.float() / temperature
-        exp_s, log_zs = log_softmax_parts(s)
-        exp_t, log_zt = log_softmax_parts(t)
-        log_ps, log_pt = s - log_zs.unsqueeze(-1), t - log_zt.unsqueeze(-1)
+        log_ps = log_softmax(student.float() / temperature)
+        log_pt = log_softmax(teacher.float() / temperature)
         p_t = torch.exp(log_pt)
         terms = torch.where(p_t > 0, p_t * (log_pt - log_ps), torch.zeros_like(p_t))  # padding rows: p_t = 0
         kl = _all_reduce(terms.sum(dim=-1))

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
+from bigtrain.checkpoint.manager import CHECKPOINT_DIR, latest_checkpoint, read_meta
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
 from bigtrain.data.manifest import Manifest
@@ -52,11 +54,23 @@ def check_teacher(cfg: Config, manifest: Manifest, open_teacher) -> object:
         raise ConfigError(f"{where} was trained with another tokenizer (tokenizer.model sha256 "
                           f"{teacher.tokenizer_sha256[:12]}...) than the student's data ({manifest.tokenizer.sha256[:12]}...,"
                           f" {manifest.tokenizer.path}), though both have {manifest.vocab_size} tokens")
+    check_same_teacher(cfg, teacher)
     tp, t = cfg.parallel.tensor_parallel, teacher.cfg
     for key, value in (("num_heads", t.num_heads), ("num_kv_heads", t.num_kv_heads), ("ffn_hidden_size", t.ffn_hidden_size)):
         if value % tp:
             raise ConfigError(f"{where}: the teacher's {key} ({value}) must be divisible by parallel.tensor_parallel ({tp})")
     return teacher
+
+
+def check_same_teacher(cfg: Config, teacher) -> None:
+    """A resumed run must distill from the teacher its checkpoint recorded (same sha256)."""
+    folder = latest_checkpoint(Path(cfg.run.dir) / CHECKPOINT_DIR)
+    saved = (read_meta(folder).get("distill") or {}) if folder else {}
+    if saved.get("teacher_sha256") not in (None, teacher.sha256):
+        raise ConfigError(f"{folder} was distilled from the teacher {saved.get('teacher')} (sha256 "
+                          f"{saved['teacher_sha256'][:12]}...), but distill.teacher={cfg.distill.teacher} is "
+                          f"{teacher.path} (sha256 {teacher.sha256[:12]}...): set distill.teacher={saved.get('teacher')} "
+                          "to resume, or use a new run.dir")
 
 
 def build_teacher(cfg: Config, world, teacher) -> torch.nn.Module:
