@@ -7,14 +7,14 @@ and ``modernbert`` (the encoder of ``train.objective=mlm``, bigtrain/model/encod
 ``KEY_MAP`` / ``ENCODER_KEY_MAP`` are declarative: a bigtrain name pattern -> the HF name(s) it
 becomes. A tuple means the bigtrain tensor is fused and splits into those HF tensors, in that order;
 one HF name for a tensor layout.py splits in parts (ModernBERT's fused ``Wqkv``, ``Wi``) means the
-parts concatenated. The reshaping itself lives in bigtrain/convert/layout.py (``to_hf_parts``/``from_hf_parts``).
+parts concatenated. The reshaping itself lives in bigtrain/checkpoint/layout.py (``to_hf_parts``/``from_hf_parts``).
 """
 
 from __future__ import annotations
 
 import re
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.config.schema import ModelConfig
 
 KEY_MAP: dict[str, str | tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 :func:`open_teacher` reads only metadata: the model config, vocabulary, tokenizer hash and an identity
 hash. :meth:`Teacher.shard` then reads one parameter at a time, cut for the student's tensor-parallel
-layout (any source layout: bigtrain/convert/source.py, or an HF Llama folder through hf_reader.py), so
+layout (any source layout: bigtrain/checkpoint/source.py, or an HF Llama folder through hf_reader.py), so
 building the teacher never holds more than its own shard plus one full parameter.
 
 Identity (recorded in the student's checkpoints, never the weights): the resolved path and a sha256
@@ -26,8 +26,8 @@ from bigtrain.config.schema import ModelConfig
 from bigtrain.convert.from_hf import bigtrain_tensor
 from bigtrain.convert.hf_map import bigtrain_names
 from bigtrain.convert.hf_reader import HFWeights, model_config, read_json
-from bigtrain.convert.layout import split_param
-from bigtrain.convert.source import Checkpoint
+from bigtrain.checkpoint.layout import split_param
+from bigtrain.checkpoint.source import Checkpoint
 
 
 @dataclass

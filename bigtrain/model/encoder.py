@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, vocab_parallel_cross_entropy
 from torch import nn
 
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.schema import ModelConfig
-from bigtrain.model.llama import MLP, PAD_LOGIT, Attention, normal_init, padded_vocab_size
+from bigtrain.model.layers import Parallel, column_linear, cross_entropy, embedding
+from bigtrain.model.llama import MLP, PAD_LOGIT, Attention, normal_init
 from bigtrain.model.rope import rope_cache
 
 IGNORE = -100  # label of positions that carry no loss (not chosen for prediction)
@@ -45,13 +45,13 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderMLP(MLP):
-    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp: Parallel):
         super().__init__(cfg, tp)
         self.compute = geglu
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig, first: bool):
+    def __init__(self, cfg: ModelConfig, tp: Parallel, first: bool):
         super().__init__()
         self.attn_norm = nn.Identity() if first else layer_norm(cfg.hidden_size, cfg.norm_eps)
         self.attn = Attention(cfg, tp, causal=False)
@@ -85,20 +85,19 @@ class PredictionHead(nn.Module):
 
 
 class EncoderModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, tp: Parallel):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.vocab_pad_multiple, tp.tensor_model_parallel_size)
-        self.embed = VocabParallelEmbedding(self.padded_vocab_size, cfg.hidden_size, config=tp,
-                                            init_method=normal_init(cfg.init_std))
+        self.embed = embedding(self.padded_vocab_size, cfg.hidden_size, tp, normal_init(cfg.init_std))
         self.embed_norm = layer_norm(cfg.hidden_size, cfg.norm_eps)
         self.layers = nn.ModuleList(EncoderBlock(cfg, tp, first=i == 0) for i in range(cfg.num_layers))
         self.norm = layer_norm(cfg.hidden_size, cfg.norm_eps)
         self.head = PredictionHead(cfg)
-        self.lm_head = ColumnParallelLinear(cfg.hidden_size, self.padded_vocab_size, config=tp, bias=False,
-                                            gather_output=False, skip_weight_param_allocation=True,
-                                            init_method=normal_init(cfg.init_std))  # tied to embed.weight
+        self.lm_head = column_linear(cfg.hidden_size, self.padded_vocab_size, tp, normal_init(cfg.init_std),
+                                     skip_weight_param_allocation=True)  # tied to embed.weight
+        self.tp = tp
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> per-token losses (B, T) in fp32 if labels are given (0 where the label is
@@ -114,7 +113,7 @@ class EncoderModel(nn.Module):
         if labels is None:
             return logits
         chosen = labels != IGNORE
-        losses = vocab_parallel_cross_entropy(logits.float(), labels.masked_fill(~chosen, 0))
+        losses = cross_entropy(logits, labels.masked_fill(~chosen, 0), self.tp)
         return losses * chosen
 
     def mask_padding(self, logits: torch.Tensor) -> torch.Tensor:

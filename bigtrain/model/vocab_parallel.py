@@ -4,20 +4,40 @@ Each tensor-parallel rank holds logits (..., V/tp) for its contiguous slice of t
 as megatron's ``vocab_parallel_cross_entropy`` expects. Reductions over the vocabulary are a local
 reduction plus an all-reduce over the tensor-parallel group (max, then sum of exponentials), so the
 result is the same on every TP rank and equal to the dense computation (tests/test_objectives.py).
-At TP=1 the all-reduces are no-ops.
+At TP=1, or in a process without megatron's groups (bigtrain/model/layers.py's ``SingleProcess``), the
+all-reduces are skipped and the logits are the full vocabulary.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core import parallel_state
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+
+def _parallel() -> bool:
+    """Megatron's groups exist (training): logits are vocabulary shards of the TP group."""
+    return parallel_state.model_parallel_is_initialized()
+
+
+def _tp_rank() -> int:
+    return parallel_state.get_tensor_model_parallel_rank() if _parallel() else 0
 
 
 def _all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+    if _parallel() and parallel_state.get_tensor_model_parallel_world_size() > 1:
         dist.all_reduce(t, op=op, group=parallel_state.get_tensor_model_parallel_group())
     return t
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy (...) in fp32 (megatron's vocab-parallel one when its groups exist: it
+    works in place on ``logits.float()``, so compute anything else from the logits first)."""
+    if _parallel():
+        return vocab_parallel_cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +79,7 @@ def kl_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
 def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(...) bool: the label has the highest logit over the full vocabulary (ties count as correct)."""
     shard = logits.shape[-1]
-    start = parallel_state.get_tensor_model_parallel_rank() * shard
+    start = _tp_rank() * shard
     local = (labels >= start) & (labels < start + shard)
     index = (labels - start).clamp(0, shard - 1).unsqueeze(-1)
     target = torch.where(local, logits.gather(-1, index).squeeze(-1), torch.zeros((), dtype=logits.dtype,

@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, latest_checkpoint, read_meta
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
 from bigtrain.data.manifest import Manifest
 from bigtrain.model.llama import LlamaModel
-from bigtrain.model.vocab_parallel import kl_divergence
+from bigtrain.model.vocab_parallel import cross_entropy, kl_divergence
 from bigtrain.parallel.dsenv import import_deepspeed
 from bigtrain.parallel.engine import build_ds_config, tp_layer_config
 from bigtrain.parallel.mpu import MegatronMpu
@@ -123,9 +122,9 @@ class Distill(CausalLM):
     def losses(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor):
         """Per-token (kd, ce, teacher ce), each (M, T) fp32, from vocab-parallel logits (M, T, V/tp)."""
         kd = kl_divergence(student, teacher, self.temperature)  # before the CEs: they work in place
-        ce = vocab_parallel_cross_entropy(student.float(), labels)
+        ce = cross_entropy(student, labels)
         with torch.no_grad():
-            teacher_ce = vocab_parallel_cross_entropy(teacher.float(), labels)
+            teacher_ce = cross_entropy(teacher, labels)
         return kd, ce, teacher_ce
 
     def loss(self, engine, tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
