@@ -4,8 +4,8 @@
 
 Everything runs on the embedded corpus (seq_len 64, a 1024-token BPE), one process each, CPU-sized:
 
-1. Distillation. A teacher (hidden 128, 4 layers, 4.1 M parameters incl. embeddings) is trained with
-   causal LM for ``--teacher-steps``. The same student (hidden 32, 2 layers) is then trained for
+1. Distillation. A teacher (hidden 128, 4 layers, ~0.9 M parameters) is trained with
+   causal LM for ``--teacher-steps``. The same student (hidden 32, 2 layers, ~57 k) is then trained for
    ``--steps`` on the same token stream (same seed, same batches) twice: from scratch (causal LM), and
    distilled from the teacher (``train.objective=distill``, ``--alpha``, ``--temperature``). Reported:
    the validation next-token loss of each (``val_loss`` at the last step, the same validation set).
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-COMMON = ["model.seq_len=64", "train.global_batch_size=16", "train.micro_batch_size=8", "train.warmup_steps=10",
+COMMON = ["model.seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=8", "train.warmup_steps=10",
           "log.tensorboard=false", "log.every=10", "parallel.tensor_parallel=1", "parallel.zero_stage=1",
           "checkpoint.every=0", "eval.batches=4"]
 TEACHER = ["model.hidden_size=128", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=4",
@@ -51,7 +51,7 @@ def pretrain(run_dir: Path, shards: Path, steps: int, *overrides: str) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
         cmd = [sys.executable, "bigtrain/pretrain.py", "--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
                f"train.steps={steps}", f"eval.every={steps}", *COMMON, *overrides]
-        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(metrics.read_text().splitlines()[-1])
 
 
@@ -99,12 +99,12 @@ def finetune(hf_dir: Path, train: Path, test: Path, out: Path, epochs: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/objective_experiment"))
-    parser.add_argument("--steps", type=int, default=150, help="student steps (scratch and distilled)")
-    parser.add_argument("--teacher-steps", type=int, default=300)
-    parser.add_argument("--mlm-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=120, help="student steps (scratch and distilled)")
+    parser.add_argument("--teacher-steps", type=int, default=120)
+    parser.add_argument("--mlm-steps", type=int, default=150)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--examples", type=int, default=600, help="classification examples (2/3 train, 1/3 test)")
+    parser.add_argument("--examples", type=int, default=450, help="classification examples (2/3 train, 1/3 test)")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     from bigtrain.data.embedded import embedded_root, default_cache_dir, ensure_embedded_dataset

@@ -102,7 +102,8 @@ def trainer_options(vocab_size: int) -> dict:
                 remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
                 allow_whitespace_only_pieces=True, max_sentence_length=MAX_SENTENCE_BYTES,
                 input_sentence_size=0, shuffle_input_sentence=False, character_coverage=0.9995,
-                unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, control_symbols=[MASK_TOKEN], num_threads=os.cpu_count() or 1,
+                unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
+                control_symbols=[MASK_TOKEN], num_threads=os.cpu_count() or 1,
                 minloglevel=2)
 
 
@@ -147,7 +148,8 @@ def train_tokenizer(inputs: list[str | Path], vocab_size: int, out_dir: Path, *,
     write_hf_tokenizer(out_dir / MODEL_FILE, out_dir, model_max_length, sp.bos_id(), MASK_TOKEN)
     check_hf_matches(out_dir, sp, sample.first_docs)
     meta = {"format": META_FORMAT, "vocab_size": sp.vocab_size(), "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
-            "unk_id": sp.unk_id(), "mask_id": sp.piece_to_id(MASK_TOKEN), "sha256": hashlib.sha256(model).hexdigest(), "model_type": "bpe",
+            "unk_id": sp.unk_id(), "mask_id": sp.piece_to_id(MASK_TOKEN),
+            "sha256": hashlib.sha256(model).hexdigest(), "model_type": "bpe",
             "inputs": [str(p.resolve()) for p in inputs], "text_key": text_key,
             "num_sentences": sample.total, "sampled_sentences": len(sample.sentences), "seed": seed}
     atomic_write(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())

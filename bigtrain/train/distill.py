@@ -51,13 +51,16 @@ def check_teacher(cfg: Config, manifest: Manifest, open_teacher) -> object:
                           "share one tokenizer")
     if teacher.tokenizer_sha256 and teacher.tokenizer_sha256 != manifest.tokenizer.sha256:
         raise ConfigError(f"{where} was trained with another tokenizer (tokenizer.model sha256 "
-                          f"{teacher.tokenizer_sha256[:12]}...) than the student's data ({manifest.tokenizer.sha256[:12]}...,"
-                          f" {manifest.tokenizer.path}), though both have {manifest.vocab_size} tokens")
+                          f"{teacher.tokenizer_sha256[:12]}...) than the student's data "
+                          f"({manifest.tokenizer.sha256[:12]}..., {manifest.tokenizer.path}), though both have "
+                          f"{manifest.vocab_size} tokens")
     check_same_teacher(cfg, teacher)
     tp, t = cfg.parallel.tensor_parallel, teacher.cfg
-    for key, value in (("num_heads", t.num_heads), ("num_kv_heads", t.num_kv_heads), ("ffn_hidden_size", t.ffn_hidden_size)):
+    for key in ("num_heads", "num_kv_heads", "ffn_hidden_size"):
+        value = getattr(t, key)
         if value % tp:
-            raise ConfigError(f"{where}: the teacher's {key} ({value}) must be divisible by parallel.tensor_parallel ({tp})")
+            raise ConfigError(f"{where}: the teacher's {key} ({value}) must be divisible by "
+                              f"parallel.tensor_parallel ({tp})")
     return teacher
 
 
@@ -68,8 +71,8 @@ def check_same_teacher(cfg: Config, teacher) -> None:
     if saved.get("teacher_sha256") not in (None, teacher.sha256):
         raise ConfigError(f"{folder} was distilled from the teacher {saved.get('teacher')} (sha256 "
                           f"{saved['teacher_sha256'][:12]}...), but distill.teacher={cfg.distill.teacher} is "
-                          f"{teacher.path} (sha256 {teacher.sha256[:12]}...): set distill.teacher={saved.get('teacher')} "
-                          "to resume, or use a new run.dir")
+                          f"{teacher.path} (sha256 {teacher.sha256[:12]}...): set "
+                          f"distill.teacher={saved.get('teacher')} to resume, or use a new run.dir")
 
 
 def build_teacher(cfg: Config, world, teacher) -> torch.nn.Module:
