@@ -160,6 +160,6 @@ def test_teacher_with_another_vocabulary_is_refused(tmp_path, shards):
     out = subprocess.run([sys.executable, "bigtrain/pretrain.py", "--config", "debug", f"data.path={shards}",
                           f"run.dir={tmp_path / 'run'}", *STUDENT, "parallel.tensor_parallel=1",
                           "train.objective=distill", f"distill.teacher={hf}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.count("error:") == 1, out.stderr[-2000:]
     assert "2000" in out.stderr and "1024" in out.stderr and "distill.teacher" in out.stderr

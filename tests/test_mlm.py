@@ -205,5 +205,5 @@ def test_mlm_refuses_a_tokenizer_without_mask_and_gqa(tmp_path, shards):
                                  (shards, ["model.num_kv_heads=2"], "must equal model.num_heads")]:
         out = subprocess.run([sys.executable, "bigtrain/pretrain.py", "--config", "debug", f"data.path={data}",
                               f"run.dir={tmp_path / 'run'}", *MLM, *extra, "parallel.tensor_parallel=1"],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and message in out.stderr and out.stderr.count("error:") == 1, out.stderr[-2000:]
