@@ -112,6 +112,9 @@ class TrainConfig:
         "a ModernBERT encoder; section mlm) or distill (a causal student matching a frozen teacher; section "
         "distill). See docs/objectives.md.")
     steps: int = doc(40, "Optimizer steps to run.")
+    stop_at: int = doc(0, "Stop after this step (checkpoint saved, exit 0) without changing the schedule, which "
+                       "still runs to train.steps; a later run without it continues. Used by `bigtrain sweep`'s "
+                       "successive halving (rungs). 0 = run to train.steps.")
     global_batch_size: int = doc(8, "Sequences per optimizer step, over all data-parallel ranks.")
     micro_batch_size: int = doc(2, "Sequences per forward/backward on one rank; the rest is accumulation.")
     lr: float = doc(3e-3, "Peak learning rate (AdamW).")

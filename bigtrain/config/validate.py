@@ -64,6 +64,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    need(0 <= t.stop_at <= t.steps, f"train.stop_at must be in [0, train.steps={t.steps}] (0 = off), got {t.stop_at}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
     errors += fault_tolerance_errors(cfg)

@@ -35,6 +35,7 @@ from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.objectives import build_objective, check_objective
 from bigtrain.train.signals import SignalStop
+from bigtrain.train.stop_at import StopAt
 from bigtrain.train.sinks import build_sinks
 from bigtrain.train.watchdog import Watchdog
 
@@ -237,6 +238,7 @@ def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
         MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
+        StopAt(t.stop_at),  # before the checkpoint callback: its on_train_end saves the stopped step
         CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final,
                            lambda trainer: describe(trainer, loader), dump_yaml(cfg), run_dir / "tokenizer"),
     ]
