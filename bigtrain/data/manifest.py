@@ -58,7 +58,8 @@ class SplitInfo:
 @dataclass(frozen=True)
 class TokenizerRef:
     path: str  # absolute path of the tokenizer directory
-    sha256: str  # of its tokenizer.model
+    sha256: str  # its identity: of tokenizer.model (sentencepiece) or of its tokenizer.json files (text_tokenizer.py)
+    backend: str = "sentencepiece"  # or "tokenizers" (a Hugging Face tokenizer.json)
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,13 @@ class Manifest:
 
     def check_tokenizer(self) -> Path:
         """The tokenizer directory, if it still is the one the shards were made with (same sha256, vocab)."""
-        from bigtrain.data.tokenizer import META_FILE, read_meta
+        from bigtrain.data.text_tokenizer import identity, identity_file
 
         path = self.tokenizer_dir
-        meta = read_meta(path)
-        if meta["sha256"] != self.tokenizer.sha256 or meta["vocab_size"] != self.vocab_size:
-            raise DataError(f"tokenizer {path} (vocab {meta['vocab_size']}, sha256 {meta['sha256'][:12]}.. in "
-                            f"{path / META_FILE}) is not the one the shards in {self.root} were made with "
+        found = identity(path)
+        if found.sha256 != self.tokenizer.sha256 or found.vocab_size != self.vocab_size:
+            raise DataError(f"tokenizer {path} (vocab {found.vocab_size}, sha256 {found.sha256[:12]}.. of "
+                            f"{identity_file(path)}) is not the one the shards in {self.root} were made with "
                             f"(vocab {self.vocab_size}, sha256 {self.tokenizer.sha256[:12]}.. in "
                             f"{self.root / MANIFEST_FILE}): it was replaced; re-shard or restore it")
         return path

@@ -40,7 +40,7 @@ from bigtrain.data.integrity import verify_directory
 from bigtrain.data.manifest import (FORMAT, MANIFEST_FILE, Manifest, ShardInfo, SplitInfo, TokenizerRef,
                                     token_dtype)
 from bigtrain.data.tokenize_pool import default_workers, tokenized_chunks
-from bigtrain.data.tokenizer import Tokenizer
+from bigtrain.data.text_tokenizer import TextTokenizer, load_tokenizer
 
 SHARD_BYTES = 256 << 20  # default shard size
 BLOCK_BYTES = 1 << 20  # default tar member size: one header per MiB of samples
@@ -229,7 +229,7 @@ def input_stats(inputs: list[Path]) -> list[list[int]]:
     return stats
 
 
-def pack_splits(tok: Tokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
+def pack_splits(tok: TextTokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
                 val_fraction: float, workers: int, chunk_bytes: int) -> dict[str, SplitInfo]:
     encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes), tok, text_key, workers)
     docs = (ids for chunk in encoded for ids in chunk.documents())
@@ -293,14 +293,14 @@ def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: i
     dataset, if it was already up to date).
     """
     check_args(seq_len, val_fraction, samples_per_shard, samples_per_block)
-    tok = Tokenizer.load(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     inputs, out_dir = as_paths(inputs), Path(out_dir)
     if not inputs:
         raise DataError("no input files given")
     workers = workers or default_workers()
     layout = choose_layout(seq_len, tok.vocab_size, samples_per_shard, samples_per_block)
     job = dict(seq_len=seq_len, samples_per_block=layout.samples_per_block, vocab_size=tok.vocab_size,
-               tokenizer=TokenizerRef(str(tok.path), tok.sha256), inputs=[str(p.resolve()) for p in inputs],
+               tokenizer=TokenizerRef(str(tok.path), tok.sha256, tok.backend), inputs=[str(p.resolve()) for p in inputs],
                input_stats=input_stats(inputs), text_key=text_key, val_fraction=val_fraction, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = up_to_date(out_dir, job, layout, workers)

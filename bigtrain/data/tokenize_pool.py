@@ -18,9 +18,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from bigtrain.data.documents import Chunk, chunk_documents
-from bigtrain.data.tokenizer import Tokenizer
+from bigtrain.data.text_tokenizer import TextTokenizer, load_tokenizer
 
-_worker: tuple[Tokenizer, str] | None = None  # (tokenizer, text_key) of this worker process
+_worker: tuple[TextTokenizer, str] | None = None  # (tokenizer, text_key) of this worker process
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class EncodedChunk:
             yield self.ids[start:end]
 
 
-def encode_chunk(chunk: Chunk, tok: Tokenizer, text_key: str, threads: int) -> EncodedChunk:
+def encode_chunk(chunk: Chunk, tok: TextTokenizer, text_key: str, threads: int) -> EncodedChunk:
     docs = chunk_documents(chunk, text_key)
     encoded = tok.encode_batch(docs, threads=threads) if docs else []
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
@@ -44,7 +44,8 @@ def encode_chunk(chunk: Chunk, tok: Tokenizer, text_key: str, threads: int) -> E
 
 def _init_worker(tokenizer_dir: str, text_key: str) -> None:
     global _worker
-    _worker = (Tokenizer.load(tokenizer_dir), text_key)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already: no thread pool per worker
+    _worker = (load_tokenizer(tokenizer_dir), text_key)
 
 
 def _encode_in_worker(chunk: Chunk) -> EncodedChunk:
@@ -56,7 +57,7 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def tokenized_chunks(chunks: Iterable[Chunk], tok: Tokenizer, text_key: str,
+def tokenized_chunks(chunks: Iterable[Chunk], tok: TextTokenizer, text_key: str,
                      workers: int) -> Iterator[EncodedChunk]:
     """Encoded chunks in input order; ``workers <= 1`` encodes in this process (sentencepiece threads off)."""
     if workers <= 1:

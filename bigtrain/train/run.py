@@ -22,7 +22,7 @@ from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
-from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
+from bigtrain.data.text_tokenizer import folder_sha256
 from bigtrain.model.llama import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
@@ -100,10 +100,10 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     if diff:
         hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
         raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
-    saved = folder / "tokenizer" / TOKENIZER_META
-    if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
+    saved = folder_sha256(folder / "tokenizer")
+    if saved is not None and saved != manifest.tokenizer.sha256:
         raise ConfigError(f"{folder} was trained with the tokenizer in {folder / 'tokenizer'}, but the shards in "
-                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer.model "
+                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer "
                           f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
