@@ -170,11 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
     p = data.add_parser("shard", help="tokenize (on all cores), pack and write WebDataset shards + manifest.json; "
                                       "a re-run with unchanged inputs and options only verifies")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="a `bigtrain tokenizer train` folder, or any Hugging Face tokenizer folder (tokenizer.json)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help=".jsonl/.json (one doc per line; .gz or .zst), .parquet (one doc per row), any other file = one "
+                        "doc; directories and quoted globs ('**' recursive) expand to the corpus files in them")
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--text-key", default="text")
+    p.add_argument("--text-key", default="text", help="JSON key / Parquet column holding the text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
     p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
     p.add_argument("--samples-per-block", type=int, default=None,

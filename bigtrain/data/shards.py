@@ -36,6 +36,7 @@ import bigtrain
 from bigtrain.data import tarlayout
 from bigtrain.data.documents import CHUNK_BYTES, as_paths, document_chunks, no_documents
 from bigtrain.data.errors import DataError
+from bigtrain.data.formats import expand_inputs
 from bigtrain.data.integrity import verify_directory
 from bigtrain.data.manifest import (FORMAT, MANIFEST_FILE, Manifest, ShardInfo, SplitInfo, TokenizerRef,
                                     token_dtype)
@@ -231,7 +232,7 @@ def input_stats(inputs: list[Path]) -> list[list[int]]:
 
 def pack_splits(tok: TextTokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
                 val_fraction: float, workers: int, chunk_bytes: int) -> dict[str, SplitInfo]:
-    encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes), tok, text_key, workers)
+    encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes, text_key), tok, text_key, workers)
     docs = (ids for chunk in encoded for ids in chunk.documents())
     for split, ids in assign_splits(docs, seed, val_fraction):
         packers[split].add(ids)
@@ -297,6 +298,7 @@ def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: i
     inputs, out_dir = as_paths(inputs), Path(out_dir)
     if not inputs:
         raise DataError("no input files given")
+    inputs = expand_inputs(inputs)  # directories and globs -> sorted files (formats.py)
     workers = workers or default_workers()
     layout = choose_layout(seq_len, tok.vocab_size, samples_per_shard, samples_per_block)
     job = dict(seq_len=seq_len, samples_per_block=layout.samples_per_block, vocab_size=tok.vocab_size,
