@@ -43,10 +43,15 @@ def open_binary(path: Path) -> BinaryIO:
         raise DataError(f"cannot open input {path}: {exc.strerror}") from None
 
 
-def decode(data: bytes, where: str, base_offset: int = 0) -> str:
+def decode(data: bytes, where: str, base_offset: int = 0, dropped: list[int] | None = None) -> str | None:
+    """``data`` as text. Invalid UTF-8: an error naming ``where``, or with ``dropped`` (cleaning.py's
+    drop_undecodable) None, counted in ``dropped[0]``."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if dropped is not None:
+            dropped[0] += 1
+            return None
         raise DataError(f"{where}: invalid UTF-8 at byte offset {base_offset + exc.start}") from None
 
 
@@ -69,13 +74,13 @@ class Chunk:
     offset: int = 0
 
 
-def jsonl_documents(chunk: Chunk, text_key: str) -> Iterator[str]:
+def jsonl_documents(chunk: Chunk, text_key: str, dropped: list[int] | None = None) -> Iterator[str]:
     path, offset = chunk.paths[0], chunk.offset
     for lineno, raw in enumerate(chunk.items, start=chunk.first_line):
         where = f"{path}:{lineno}"
-        line = decode(raw, where, offset)
+        line = decode(raw, where, offset, dropped)
         offset += len(raw)
-        if not line.strip():
+        if line is None or not line.strip():
             continue
         try:
             record = json.loads(line)
@@ -93,22 +98,22 @@ def jsonl_documents(chunk: Chunk, text_key: str) -> Iterator[str]:
             yield text
 
 
-def row_documents(chunk: Chunk, text_key: str) -> Iterator[str]:
+def row_documents(chunk: Chunk, text_key: str, dropped: list[int] | None = None) -> Iterator[str]:
     for row, raw in enumerate(chunk.items, start=chunk.first_line):
         if raw is None:
             raise DataError(f"{chunk.paths[0]}: row {row}: {text_key!r} is null, expected a string")
-        text = decode(raw, f"{chunk.paths[0]}: row {row}")
+        text = decode(raw, f"{chunk.paths[0]}: row {row}", 0, dropped)
         if text:
             yield text
 
 
-def chunk_documents(chunk: Chunk, text_key: str = "text") -> list[str]:
-    """The non-empty documents of a chunk, in order."""
+def chunk_documents(chunk: Chunk, text_key: str = "text", dropped: list[int] | None = None) -> list[str]:
+    """The non-empty documents of a chunk, in order. ``dropped``: count invalid UTF-8 there, do not raise."""
     if chunk.kind == "jsonl":
-        return list(jsonl_documents(chunk, text_key))
+        return list(jsonl_documents(chunk, text_key, dropped))
     if chunk.kind == "rows":
-        return list(row_documents(chunk, text_key))
-    texts = (decode(data, path) for path, data in zip(chunk.paths, chunk.items))
+        return list(row_documents(chunk, text_key, dropped))
+    texts = (decode(data, path, 0, dropped) for path, data in zip(chunk.paths, chunk.items))
     return [text for text in texts if text]
 
 

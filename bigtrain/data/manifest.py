@@ -14,6 +14,8 @@ Layout of a shard directory (format ``bigtrain-shards/2``):
   stream length; ``dropped_tokens`` are the tokens at its end that fit in no sample.
 - ``shards[].sha256`` is the checksum of each whole file; ``input_stats`` ([bytes, mtime_ns] per input)
   lets a re-run with unchanged inputs and options recognise that the dataset is up to date.
+- ``cleaning`` (only when ``data shard`` was asked to clean): the options and how many documents each
+  rule removed (cleaning.py).
 - ``manifest.json``: written last and atomically; a directory without it is not a finished dataset.
 """
 
@@ -82,6 +84,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     format: str = FORMAT
     root: Path = field(default=Path("."), compare=False)  # the directory it was loaded from; not saved
+    cleaning: dict = field(default_factory=dict)  # {"options": ..., "removed": {reason: documents}}; {} = none
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -114,6 +117,8 @@ class Manifest:
     def to_dict(self) -> dict:
         data = asdict(self)
         del data["root"]
+        if not data["cleaning"]:  # no cleaning asked: the manifest of a plain run is what it always was
+            del data["cleaning"]
         return {"format": data.pop("format"), **data}
 
     def save(self, directory: Path) -> Path:
