@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bigtrain.data import tarlayout
 from bigtrain.data.errors import DataError
@@ -85,6 +86,7 @@ class Manifest:
     format: str = FORMAT
     root: Path = field(default=Path("."), compare=False)  # the directory it was loaded from; not saved
     cleaning: dict = field(default_factory=dict)  # {"options": ..., "removed": {reason: documents}}; {} = none
+    remote: Any = field(default=None, compare=False, repr=False)  # shard_cache.ShardCache of a URL; not saved
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -115,8 +117,8 @@ class Manifest:
         return [self.root / shard.file for shard in self.splits[split].shards]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        del data["root"]
+        data = asdict(replace(self, remote=None))
+        del data["root"], data["remote"]
         if not data["cleaning"]:  # no cleaning asked: the manifest of a plain run is what it always was
             del data["cleaning"]
         return {"format": data.pop("format"), **data}

@@ -47,7 +47,8 @@ def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
         from bigtrain.data.embedded import ensure_embedded_dataset
 
         entries = [(str(ensure_embedded_dataset(seq_len=cfg.model.seq_len)), 1.0, "")]
-    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path")
+    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path", cfg.data.cache_dir,
+                           cfg.data.cache_bytes)
     check_mixture(sources, cfg.data.mix_block_size)
     shard_dir, manifest = sources[0].path, sources[0].manifest
     if manifest.seq_len != cfg.model.seq_len:
