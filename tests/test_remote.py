@@ -198,48 +198,50 @@ def test_training_from_a_url_matches_local_across_kill_and_elastic_resume(served
     local, server = served
     cache = [f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_bytes={4 * shard_bytes(local)}"]
     reference = tmp_path / "local"
-    pretrain(reference, str(local), 4, 2)
-    pretrain(reference, str(local), 6, 1)  # elastic: DP 2 -> 1
+    pretrain(reference, str(local), 2, 2)
+    pretrain(reference, str(local), 6, 1)  # elastic: DP 2 -> 1 after step 2
     expected = rows_by_step(reference)
     assert sorted(expected) == list(range(1, 7))
 
     run, hold = tmp_path / "url", tmp_path / "hold"
     watch = CacheWatch(tmp_path / "cache")
-    job = Launch([*TINY, f"run.dir={run}", f"data.path={server.url('shards')}", "train.steps=4", *cache], 2, run,
+    job = Launch([*TINY, f"run.dir={run}", f"data.path={server.url('shards')}", "train.steps=6", *cache], 2, run,
                  tmp_path / "killed.log", {"BIGTRAIN_TEST_HOLD": "after_step:3", "BIGTRAIN_TEST_HOLD_DIR": str(hold)})
     job.wait_for(lambda: len(list(hold.glob("after_step:3.rank*"))) == 2, 300, "both ranks after step 3")
     job.kill()  # like a node failure: step 3 is done but not checkpointed
-    pretrain(run, server.url("shards"), 4, 2, *cache)  # resumes from step 2
-    pretrain(run, server.url("shards"), 6, 1, *cache)
+    pretrain(run, server.url("shards"), 6, 1, *cache)  # restarts from step 2's checkpoint, on one rank
     assert rows_by_step(run) == expected
     assert watch.stop() <= 4 * shard_bytes(local)
 
 
 @pytest.mark.slow
 def test_server_stopped_mid_run_stops_with_a_checkpoint_and_loses_nothing(served, tmp_path):
+    """A rank reads 4096 samples per chunk (stream.py): at G=64 and DP=2, steps 1-128 come from the first
+    read; step 129 reads again, all over the dataset, and the cache holds 4 of its 20 train shards."""
     from chaos import Launch
 
     local, server = served
-    cache = [f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_bytes={4 * shard_bytes(local)}"]
+    args = ["train.global_batch_size=64", "train.micro_batch_size=32", "checkpoint.every=64",
+            f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_bytes={4 * shard_bytes(local)}"]
     reference = tmp_path / "local"
-    pretrain(reference, str(local), 6, 2)
+    pretrain(reference, str(local), 130, 2, *args)
     run, hold = tmp_path / "url", tmp_path / "hold"
-    # a rank reads 64 samples (4 steps at G=32, DP=2) per chunk: step 5 needs new shards, the cache holds 4
-    job = Launch([*TINY, f"run.dir={run}", f"data.path={server.url('shards')}", "train.steps=6", *cache], 2, run,
-                 tmp_path / "stopped.log", {"BIGTRAIN_TEST_HOLD": "after_step:4", "BIGTRAIN_TEST_HOLD_DIR": str(hold)})
+    job = Launch([*TINY, f"run.dir={run}", f"data.path={server.url('shards')}", "train.steps=130", *args], 2, run,
+                 tmp_path / "stopped.log", {"BIGTRAIN_TEST_HOLD": "after_step:128", "BIGTRAIN_TEST_HOLD_DIR": str(hold)})
     try:
-        job.wait_for(lambda: len(list(hold.glob("after_step:4.rank*"))) == 2, 300, "both ranks after step 4")
+        job.wait_for(lambda: len(list(hold.glob("after_step:128.rank*"))) == 2, 300, "both ranks after step 128")
         server.stop()
-        (hold / "after_step:4.release").touch()
+        (hold / "after_step:128.release").touch()
         job.proc.wait(timeout=300)
     finally:
         if server.proc.poll() is not None:
             server.start()
     log = job.log_path.read_text()
     assert job.proc.returncode != 0
-    assert "error: corrupt training data at sample 128 of the stream: shard " + server.url("shards/train-") in log
+    assert "error: corrupt training data at sample 8192 of the stream: shard " + server.url("shards/train-") in log
     assert "unavailable after 5 attempt(s)" in log
-    meta = json.loads((run / "checkpoints" / "step_00000004" / "meta.json").read_text())
-    assert meta["step"] == 4 and meta["data"]["position"] == 128
-    pretrain(run, server.url("shards"), 6, 2, *cache)
+    assert sorted(rows_by_step(run)) == list(range(1, 129))
+    meta = json.loads((run / "checkpoints" / "step_00000128" / "meta.json").read_text())
+    assert meta["step"] == 128 and meta["data"]["position"] == 8192
+    pretrain(run, server.url("shards"), 130, 2, *args)  # the server is back: nothing lost
     assert rows_by_step(run) == rows_by_step(reference)
