@@ -191,26 +191,27 @@ def pretrain(run: Path, data: str, steps: int, ranks: int, *extra: str, env: dic
                      check=check)
 
 
-@pytest.mark.slow
-def test_training_from_a_url_matches_local_across_kill_and_elastic_resume(served, tmp_path):
+def killed_then_resumed(run: Path, data: str, hold: Path, *extra: str) -> dict[int, tuple]:
+    """DP2 for 6 steps, SIGKILLed after step 3 (checkpoint: step 2), restarted on one rank (DP1) to step 6."""
     from chaos import Launch
 
-    local, server = served
-    cache = [f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_bytes={4 * shard_bytes(local)}"]
-    reference = tmp_path / "local"
-    pretrain(reference, str(local), 2, 2)
-    pretrain(reference, str(local), 6, 1)  # elastic: DP 2 -> 1 after step 2
-    expected = rows_by_step(reference)
-    assert sorted(expected) == list(range(1, 7))
-
-    run, hold = tmp_path / "url", tmp_path / "hold"
-    watch = CacheWatch(tmp_path / "cache")
-    job = Launch([*TINY, f"run.dir={run}", f"data.path={server.url('shards')}", "train.steps=6", *cache], 2, run,
-                 tmp_path / "killed.log", {"BIGTRAIN_TEST_HOLD": "after_step:3", "BIGTRAIN_TEST_HOLD_DIR": str(hold)})
+    job = Launch([*TINY, f"run.dir={run}", f"data.path={data}", "train.steps=6", *extra], 2, run,
+                 run.parent / f"{run.name}-killed.log", {"BIGTRAIN_TEST_HOLD": "after_step:3",
+                                                         "BIGTRAIN_TEST_HOLD_DIR": str(hold)})
     job.wait_for(lambda: len(list(hold.glob("after_step:3.rank*"))) == 2, 300, "both ranks after step 3")
     job.kill()  # like a node failure: step 3 is done but not checkpointed
-    pretrain(run, server.url("shards"), 6, 1, *cache)  # restarts from step 2's checkpoint, on one rank
-    assert rows_by_step(run) == expected
+    pretrain(run, data, 6, 1, *extra)  # restarts from step 2's checkpoint, on one rank: elastic DP 2 -> 1
+    return rows_by_step(run)
+
+
+@pytest.mark.slow
+def test_training_from_a_url_matches_local_across_kill_and_elastic_resume(served, tmp_path):
+    local, server = served
+    cache = [f"data.cache_dir={tmp_path / 'cache'}", f"data.cache_bytes={4 * shard_bytes(local)}"]
+    expected = killed_then_resumed(tmp_path / "local", str(local), tmp_path / "hold-local")
+    assert sorted(expected) == list(range(1, 7))
+    watch = CacheWatch(tmp_path / "cache")
+    assert killed_then_resumed(tmp_path / "url", server.url("shards"), tmp_path / "hold-url", *cache) == expected
     assert watch.stop() <= 4 * shard_bytes(local)
 
 
