@@ -34,23 +34,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bigtrain.config.arithmetic import ParamCounts, padded_vocab_size, param_counts
 from bigtrain.config.schema import Config, ModelConfig
 from bigtrain.config.validate import config_errors
 
 GIB = 1024 ** 3
 GPU_BUCKET = 500_000_000  # bigtrain/parallel/engine.py: parallel.bucket_size=0 means 5e8 elements on GPU
 EMBEDDED_VOCAB = 4096  # the embedded default corpus' tokenizer (bigtrain/data/embedded.py)
-
-
-@dataclass
-class ParamCounts:
-    embedding: int  # per TP rank
-    block: int  # one transformer block, per TP rank
-    blocks: int
-    final_norm: int
-    lm_head: int
-    per_tp_rank: int
-    total: int  # the whole model (TP-replicated norms counted once)
 
 
 @dataclass
@@ -79,25 +69,6 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def padded_vocab(vocab_size: int, pad_multiple: int, tp: int) -> int:
-    """As bigtrain.model.llama.padded_vocab_size (not imported: plan must not import torch)."""
-    multiple = math.lcm(pad_multiple, tp)
-    return -(-vocab_size // multiple) * multiple
-
-
-def count_params(m: ModelConfig, vocab_padded: int, tp: int) -> ParamCounts:
-    h, d = m.hidden_size, m.hidden_size // m.num_heads
-    qkv = h * (m.num_heads + 2 * m.num_kv_heads) * d // tp
-    proj = m.num_heads * d * h // tp
-    mlp = 3 * h * m.ffn_hidden_size // tp  # fc1 = [gate; up] (2F x h) + fc2 (h x F)
-    block = qkv + proj + mlp + 2 * h  # + two RMSNorm gains (replicated on every TP rank)
-    embedding = vocab_padded * h // tp
-    lm_head = 0 if m.tie_embeddings else embedding
-    per_rank = embedding + m.num_layers * block + h + lm_head
-    total = (per_rank - m.num_layers * 2 * h - h) * tp + m.num_layers * 2 * h + h
-    return ParamCounts(embedding, block, m.num_layers * block, h, lm_head, per_rank, total)
 
 
 def activation_bytes_per_token(m: ModelConfig, vocab_padded: int, tp: int, act_bytes: int) -> tuple[int, int]:
@@ -175,8 +146,8 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gb: float,
     if note:
         warnings.append(note)
     dp = max(world // tp, 1)
-    vpad = padded_vocab(vocab, cfg.model.vocab_pad_multiple, tp)
-    params = count_params(cfg.model, vpad, tp)
+    vpad = padded_vocab_size(vocab, cfg.model.vocab_pad_multiple, tp)
+    params = param_counts(cfg.model, vpad, tp)
     mem = memory(cfg, params, dp, vocab, vpad, reserve_gb)
     t = cfg.train
     accum = t.global_batch_size // (t.micro_batch_size * dp) if t.global_batch_size % (t.micro_batch_size * dp) == 0 else 0

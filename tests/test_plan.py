@@ -17,7 +17,8 @@ import pytest
 from launch import REPO
 
 from bigtrain.config.load import load_config
-from bigtrain.plan import GIB, count_params, make_plan, padded_vocab, saved_activation_bytes
+from bigtrain.config.arithmetic import padded_vocab_size, param_counts
+from bigtrain.plan import GIB, make_plan, saved_activation_bytes
 
 SMALL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
          "model.ffn_hidden_size=176", "model.seq_len=64", "model.vocab_size=1000", "parallel.tensor_parallel=2",
@@ -77,7 +78,7 @@ def test_llama2_7b_parameter_count():
     cfg = load_config("debug", ["model.hidden_size=4096", "model.num_layers=32", "model.num_heads=32",
                                 "model.num_kv_heads=32", "model.ffn_hidden_size=11008", "model.vocab_size=32000",
                                 "model.tie_embeddings=false", "parallel.tensor_parallel=1"])
-    assert count_params(cfg.model, padded_vocab(32000, 128, 1), 1).total == 6_738_415_616  # HF's Llama-2-7b
+    assert param_counts(cfg.model, padded_vocab_size(32000, 128, 1), 1).total == 6_738_415_616  # HF's Llama-2-7b
 
 
 MEASURE = r"""
@@ -118,8 +119,8 @@ def test_activation_formula_and_param_count_match_the_real_model():
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     cfg = load_config("debug", overrides)
-    vpad = padded_vocab(1000, 128, 1)
-    assert measured["params"] == count_params(cfg.model, vpad, 1).total
+    vpad = padded_vocab_size(1000, 128, 1)
+    assert measured["params"] == param_counts(cfg.model, vpad, 1).total
     for precision, act_bytes in (("fp32", 4), ("bf16", 2)):
         predicted = saved_activation_bytes(cfg.model, 1000, vpad, 1, act_bytes, micro_batch=2)
         # exact up to a few scalars (the loss, reduction outputs): 64 bytes on ~5 MB

@@ -33,7 +33,7 @@ class Model:
     seq: int = 2048
 
     @property
-    def flops_per_token(self) -> float:  # 6P + 12 L C T (bigtrain/train/flops.py)
+    def flops_per_token(self) -> float:  # 6P + 12 L C T (bigtrain/config/arithmetic.py)
         return 6 * self.params + 12 * self.layers * self.hidden * self.seq
 
 
