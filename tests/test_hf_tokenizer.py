@@ -193,3 +193,12 @@ def test_from_hf_shard_continue_export_same_ids(bpe, tmp_path):
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).item()
     assert [r["step"] for r in rows] == [1, 2] and abs(rows[0]["loss"] - expected) <= 1e-5
     check_same_ids(to_hf(run, tmp_path / "exported"), shards, docs)
+    # eval and generate read the checkpoint's tokenizer.json folder too (bos = eos = <|endoftext|>)
+    from bigtrain.evaluate import evaluate
+    from bigtrain.generate import generate
+
+    text = tmp_path / "doc.txt"
+    text.write_text(docs[0])
+    result = evaluate(run, text, 32)
+    assert result["tokens"] > 100 and 0 < result["loss"] < 2 * np.log(VOCAB)
+    assert isinstance(generate(run, docs[1][:40], 4), str)
