@@ -107,9 +107,19 @@ class DataConfig:
                                      "at least one shard; best: the whole dataset, as every step reads all over it.")
 
 
+OBJECTIVES = ("clm", "mlm", "distill")
+
+
 @dataclass
 class TrainConfig:
+    objective: str = doc(
+        "clm", "What the model learns: clm (next-token prediction, a Llama decoder), mlm (masked-token prediction, "
+        "a ModernBERT encoder; section mlm) or distill (a causal student matching a frozen teacher; section "
+        "distill). See docs/objectives.md.")
     steps: int = doc(40, "Optimizer steps to run.")
+    stop_at: int = doc(0, "Stop after this step (checkpoint saved, exit 0) without changing the schedule, which "
+                       "still runs to train.steps; a later run without it continues. Used by `bigtrain sweep`'s "
+                       "successive halving (rungs). 0 = run to train.steps.")
     global_batch_size: int = doc(8, "Sequences per optimizer step, over all data-parallel ranks.")
     micro_batch_size: int = doc(2, "Sequences per forward/backward on one rank; the rest is accumulation.")
     lr: float = doc(3e-3, "Peak learning rate (AdamW).")
@@ -126,8 +136,9 @@ class TrainConfig:
     compile: bool = doc(False, "torch.compile (inductor) the layers' parameter-free math: RMSNorm, RoPE + attention, "
                         "SwiGLU (parameter names unchanged; needs a C++ compiler on CPU, Triton on CUDA). See "
                         "bigtrain/parallel/optimize.py.")
-    precision: str = doc("fp32", "fp32, bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) or fp16 "
-                         "(fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
+    precision: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU; the resolved value is written to config.yaml), "
+                         "fp32 (TF32 matmuls on CUDA), bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) "
+                         "or fp16 (fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
     max_consecutive_skips: int = doc(
         5, "Stop (checkpoint of the last good weights, exit status 3) after this many consecutive steps skipped "
         "for a non-finite loss or gradient; 0 = never stop.")
@@ -166,6 +177,24 @@ class EvalConfig:
 
 
 @dataclass
+class MlmConfig:
+    probability: float = doc(0.15, "train.objective=mlm: share of the non-special tokens of each sequence chosen "
+                             "for prediction (the loss is the mean over them, across the global batch).")
+    mask_ratio: float = doc(0.8, "Of the chosen tokens, the share replaced by <mask> in the input.")
+    random_ratio: float = doc(0.1, "Of the chosen tokens, the share replaced by a random token; the rest "
+                              "(1 - mask_ratio - random_ratio) stay unchanged.")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = doc("", "train.objective=distill: the frozen teacher, a bigtrain run dir or checkpoint folder, "
+                       "or a Hugging Face causal-LM folder; it must use the student's tokenizer (same vocabulary).")
+    alpha: float = doc(0.5, "Weight of the distillation term: loss = alpha * T^2 * KL(teacher_T || student_T) "
+                       "+ (1 - alpha) * cross-entropy on the data.")
+    temperature: float = doc(1.0, "Softmax temperature T of both teacher and student in the KL term.")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -175,3 +204,5 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
