@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
 from bigtrain.checkpoint.reshard import restore
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
 from bigtrain.config.validate import resolve_precision, validate
@@ -23,8 +24,7 @@ from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
-from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
-from bigtrain.config.arithmetic import padded_vocab_size
+from bigtrain.data.text_tokenizer import folder_sha256
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
@@ -50,7 +50,8 @@ def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
         from bigtrain.data.embedded import ensure_embedded_dataset
 
         entries = [(str(ensure_embedded_dataset(seq_len=cfg.model.seq_len)), 1.0, "")]
-    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path")
+    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path", cfg.data.cache_dir,
+                           cfg.data.cache_bytes)
     check_mixture(sources, cfg.data.mix_block_size)
     shard_dir, manifest = sources[0].path, sources[0].manifest
     if manifest.seq_len != cfg.model.seq_len:
@@ -108,10 +109,10 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     if diff:
         hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
         raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
-    saved = folder / "tokenizer" / TOKENIZER_META
-    if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
+    saved = folder_sha256(folder / "tokenizer")
+    if saved is not None and saved != manifest.tokenizer.sha256:
         raise ConfigError(f"{folder} was trained with the tokenizer in {folder / 'tokenizer'}, but the shards in "
-                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer.model "
+                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer "
                           f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
