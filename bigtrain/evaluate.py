@@ -7,6 +7,11 @@ non-overlapping windows of ``seq_len`` tokens (the last, shorter window included
 its ``len - 1`` next tokens; ``loss`` is the mean next-token cross-entropy over all of them, in fp32,
 and ``tokens`` their number.
 
+A masked-LM checkpoint (``train.objective=mlm``) reports its own objective instead: each window (all
+its tokens, no shift) is masked as in training, with the checkpoint's masking settings and a key per
+window (its index, as validation samples are keyed: bigtrain/data/masking.py); ``loss`` is the mean
+cross-entropy over the chosen tokens, ``tokens`` their number and ``accuracy`` the share predicted exactly.
+
 The text must be UTF-8 (like ``bigtrain data shard``'s input: an error names the byte offset). A
 ``seq_len`` above the model's trained ``model.seq_len`` is allowed (positions never trained: RoPE
 extrapolation) but warned about on stderr.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bigtrain.convert.load import (
@@ -26,7 +32,10 @@ from bigtrain.convert.load import (
     open_checkpoint,
 )
 from bigtrain.data.documents import decode
+from bigtrain.data.masking import IGNORE, MaskSpec, mask_tokens, val_keys
 from bigtrain.errors import UserError
+
+MASK_SEED = 0  # the key of window i is val_keys(MASK_SEED, i): the same masks for every checkpoint
 
 BATCH = 8  # windows per forward pass
 
@@ -62,10 +71,12 @@ def evaluate(src: str | Path, text_file: str | Path, seq_len: int) -> dict:
         print(f"warning: --seq-len {seq_len} exceeds the length the model was trained on (model.seq_len={trained}): "
               f"positions beyond {trained} were never trained, the loss is not comparable", file=sys.stderr)
     ids = encode_document(load_tokenizer(folder), text)
-    model, _ = load_model(folder)
+    model, meta = load_model(folder)
     chunks = windows(ids, seq_len)
     if not chunks:
         raise UserError(f"{text_file} holds no tokens to predict")
+    if meta.get("objective") == "mlm":
+        return masked_loss(model, chunks, MaskSpec(**{**meta["mlm"], "special_ids": tuple(meta["mlm"]["special_ids"])}))
     total, count = 0.0, 0
     full = [w for w in chunks if len(w) == seq_len]
     for i in range(0, len(full), BATCH):
@@ -76,3 +87,20 @@ def evaluate(src: str | Path, text_file: str | Path, seq_len: int) -> dict:
         total, count = total + s, count + n
     return {"loss": total / count, "tokens": count}
 
+
+@torch.no_grad()
+def masked_loss(model, chunks: list[torch.Tensor], spec: MaskSpec) -> dict:
+    """Masked-token loss and accuracy of an encoder over the windows (one at a time: lengths differ)."""
+    total, count, hits = 0.0, 0, 0
+    for i, window in enumerate(chunks):
+        inputs, labels = mask_tokens(window[None], val_keys(MASK_SEED, np.array([i])), spec)
+        logits = model(inputs)[..., :spec.vocab_size].float()  # (1, T, V): TP=1
+        chosen = labels != IGNORE
+        if not chosen.any():
+            continue
+        total += torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
+        count += int(chosen.sum())
+        hits += int((logits[chosen].argmax(-1) == labels[chosen]).sum())
+    if not count:
+        raise UserError("no token of the text was chosen for masking: give a longer --text")
+    return {"loss": total / count, "tokens": count, "accuracy": hits / count, "objective": "mlm"}

@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as exc:
             exc.agreed = True  # the same config on every rank
             raise
+        from bigtrain.convert.teacher import open_teacher
         from bigtrain.train.run import pretrain
 
-        trainer = pretrain(cfg)
+        trainer = pretrain(cfg, open_teacher)
     except KeyboardInterrupt:  # a second Ctrl-C (signals.py): abort without the traceback of every frame
         print(f"rank {rank}: interrupted, no checkpoint saved", file=sys.stderr)
         return 130

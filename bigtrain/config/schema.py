@@ -82,15 +82,15 @@ class ParallelConfig:
 
 @dataclass
 class SourceConfig:
-    path: str = doc("", "Shard directory written by `bigtrain data shard`.")
+    path: str = doc("", "Shard directory written by `bigtrain data shard`, or its URL (see data.cache_dir).")
     weight: float = doc(1.0, "Relative share of the training samples drawn from this source.")
     name: str = doc("", "Name in metrics (samples/<name>, val_loss/<name>); default: the directory's name.")
 
 
 @dataclass
 class DataConfig:
-    path: str = doc("", "Shard directory written by `bigtrain data shard`; empty = the embedded default corpus. "
-                        "Shorthand for one source; set this or data.sources.")
+    path: str = doc("", "Shard directory written by `bigtrain data shard`, or its URL (data.cache_dir); empty = the "
+                        "embedded default corpus. Shorthand for one source; set this or data.sources.")
     sources: list[SourceConfig] = doc([], "Mixture of shard directories: a list of {path, weight, name}, e.g. "
                                           "[{path: web/, weight: 0.7}, {path: code/, weight: 0.3}] (docs/data.md).")
     num_workers: int = doc(0, "DataLoader worker processes per rank (0 = read in the training process).")
@@ -100,10 +100,22 @@ class DataConfig:
                                        "of the shard); size and tar headers are always checked.")
     mix_block_size: int = doc(1000, "Mixing block: every block of this many stream positions holds a fixed, "
                                     "weight-proportional count from each source (shares exact to 1/block).")
+    cache_dir: str = doc("", "Node-local cache for shards read from a URL (data.path / sources[].path = http(s)://, "
+                             "pipe:CMD with {} for the file name, s3://, gs://); empty = $TMPDIR/bigtrain-shard-cache. "
+                             "Shared safely by the ranks of a node (docs/data.md).")
+    cache_bytes: int = doc(32 << 30, "Bound on the cache's size in bytes (least recently used shards are evicted); "
+                                     "at least one shard; best: the whole dataset, as every step reads all over it.")
+
+
+OBJECTIVES = ("clm", "mlm", "distill")
 
 
 @dataclass
 class TrainConfig:
+    objective: str = doc(
+        "clm", "What the model learns: clm (next-token prediction, a Llama decoder), mlm (masked-token prediction, "
+        "a ModernBERT encoder; section mlm) or distill (a causal student matching a frozen teacher; section "
+        "distill). See docs/objectives.md.")
     steps: int = doc(40, "Optimizer steps to run.")
     stop_at: int = doc(0, "Stop after this step (checkpoint saved, exit 0) without changing the schedule, which "
                        "still runs to train.steps; a later run without it continues. Used by `bigtrain sweep`'s "
@@ -168,6 +180,24 @@ class EvalConfig:
 
 
 @dataclass
+class MlmConfig:
+    probability: float = doc(0.15, "train.objective=mlm: share of the non-special tokens of each sequence chosen "
+                             "for prediction (the loss is the mean over them, across the global batch).")
+    mask_ratio: float = doc(0.8, "Of the chosen tokens, the share replaced by <mask> in the input.")
+    random_ratio: float = doc(0.1, "Of the chosen tokens, the share replaced by a random token; the rest "
+                              "(1 - mask_ratio - random_ratio) stay unchanged.")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = doc("", "train.objective=distill: the frozen teacher, a bigtrain run dir or checkpoint folder, "
+                       "or a Hugging Face causal-LM folder; it must use the student's tokenizer (same vocabulary).")
+    alpha: float = doc(0.5, "Weight of the distillation term: loss = alpha * T^2 * KL(teacher_T || student_T) "
+                       "+ (1 - alpha) * cross-entropy on the data.")
+    temperature: float = doc(1.0, "Softmax temperature T of both teacher and student in the KL term.")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -177,3 +207,5 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
