@@ -85,22 +85,26 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
     assert "train.stepz" in proc.stderr and "did you mean train.steps" in proc.stderr
 
 
-def test_start_of_run_summary_and_a_line_per_checkpoint(run12):
+def test_start_of_run_summary_and_a_line_per_checkpoint(run12, shards):
+    from bigtrain.data.manifest import Manifest
+
     run, proc = run12
+    splits = Manifest.load(shards).splits
     summary = (run / "summary.txt").read_text()
     assert summary in proc.stdout.replace("\r", "") or summary.strip() in proc.stdout
     # the tiny model: embedding 1024 x 64 (tied) + 2 x (attention 12,288 + SwiGLU 33,792 + norms 128) + 64
     assert "0.16M parameters (0.16M per TP rank): 2 layers, hidden 64" in summary
     assert "8 sequences x 64 tokens = 512 tokens per step (micro-batch 2, 4 accumulation step(s) per rank)" in summary
-    assert "12 steps = 6,144 tokens = 0.01 epochs of 13,376 training samples" in summary
-    assert "validation 92 samples; 92 evaluated every 4 steps" in summary
+    train, val = splits["train"].num_samples, splits["val"].num_samples
+    assert f"12 steps = 6,144 tokens = {96 / train:.2f} epochs of {train:,} training samples" in summary
+    assert f"validation {val:,} samples; {min(val, 96):,} evaluated every 4 steps" in summary
     assert "precision  fp32" in summary and f"checkpoints {run / 'checkpoints'} every 6 steps" in summary
     saves = [line for line in proc.stdout.splitlines() if line.startswith("checkpoint: ")]
     assert [line.split()[2] for line in saves] == ["6", "12"]
     assert all(" MiB): " in line and " s (" in line for line in saves)
     assert not list((run / "checkpoints").rglob("zero_to_*.py"))  # DeepSpeed's scripts cannot read TP>1 ones
     assert ("warning: eval.batches=12 x train.global_batch_size=8 = 96 validation samples asked, but "
-            in proc.stdout) and "holds 92 (" in proc.stdout
+            in proc.stdout) and f"holds {val} (" in proc.stdout
 
 
 @pytest.mark.slow  # three short runs (~30 s on a quiet 2-core box)
