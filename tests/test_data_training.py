@@ -25,6 +25,7 @@ from bigtrain.data.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import run_ranks  # noqa: E402
+from tiny_run import metrics  # noqa: E402
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 G, M, DP, STEPS = 8, 2, 2, 8
@@ -68,10 +69,6 @@ def data(tmp_path_factory):
             if 2 <= step <= 5 and len(ranks) == 1:
                 return sources, seed, shard, step
     raise AssertionError("no seed puts a shard's first read on one rank in steps 2..5")
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow

@@ -39,14 +39,6 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 pytestmark = pytest.mark.usefixtures("in_process_world")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # shared with tests/test_reshard.py
-    return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
-
-
 def make_hf(folder: Path, tokenizer_dir: Path, variant: str) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -80,7 +80,8 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
     env = [("RANK", launch.rank), ("WORLD_SIZE", launch.world_size), ("LOCAL_RANK", launch.local_rank)]
     if not standalone:
         env += [("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port)]
-    for key, value in env:
+    for key, value in env:  # what torch.distributed's env:// rendezvous reads; undone by destroy_world
+        _saved_env.setdefault(key, os.environ.get(key))
         os.environ[key] = str(value)
     backend = pick_backend(backend)
     if backend == "nccl":
@@ -116,3 +117,12 @@ def destroy_world() -> None:
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    for key, value in _saved_env.items():  # the environment as init_world found it
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved_env.clear()
+
+
+_saved_env: dict[str, str | None] = {}

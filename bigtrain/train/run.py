@@ -99,7 +99,8 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     ours = to_dict(cfg)["model"]
     diff = {k: (v, meta["model"].get(k)) for k, v in ours.items() if k not in ignore and meta["model"].get(k) != v}
     if diff:
-        hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
+        saved_config = Path(cfg.run.dir) / "config.yaml"
+        hint = f"; resume with --config {saved_config}" if saved_config.is_file() else ""
         raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
     saved = folder / "tokenizer" / TOKENIZER_META
     if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
