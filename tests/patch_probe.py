@@ -95,9 +95,44 @@ def deepspeed_through_bigtrain(out_dir: Path) -> dict:
 
     result["future_warnings"] = warned(gather, ".")
     result["resume_refused"] = resume_with_a_foreign_object(out_dir)
+    result["deepspeed_keeps_the_model"] = zero3_step_and_release()
     destroy_world()
+    result["gloo_threads_after_destroy_world"] = gloo_threads()
     result["env_after_matches"] = {k: os.environ.get(k) for k in keys} == env_before
     return result
+
+
+def tiny_config(*extra: str):
+    from bigtrain.config.load import load_config
+
+    return load_config(None, ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=2",
+                              "model.ffn_hidden_size=64", "model.seq_len=16", "model.vocab_size=64",
+                              "train.global_batch_size=1", "train.micro_batch_size=1", *extra])
+
+
+def zero3_step_and_release() -> bool:
+    """One ZeRO-3 step, then release_engine: -> whether DeepSpeed still held the model (the leak it patches)."""
+    from deepspeed.runtime.zero import parameter_offload
+
+    from bigtrain.parallel.engine import build_engine, release_engine
+    from bigtrain.parallel.world import init_world
+
+    engine, _ = build_engine(tiny_config("parallel.zero_stage=3"), init_world(1, "gloo"), 64)
+    tokens = torch.randint(0, 64, (1, 17))
+    engine.backward(engine(tokens[:, :-1], tokens[:, 1:]).mean())
+    engine.step()
+    kept = any(m is engine.module for m in parameter_offload.FWD_MODULE_STACK)
+    release_engine(engine)
+    return kept
+
+
+def gloo_threads() -> list[str]:
+    """Native threads of gloo process groups still alive in this process (pt_gloo_runloop, gloo_tcp_loop)."""
+    import gc
+
+    gc.collect()
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return [n for n in ((t / "comm").read_text().strip() for t in tasks.iterdir()) if "gloo" in n]
 
 
 class Payload:
@@ -109,14 +144,10 @@ def resume_with_a_foreign_object(out_dir: Path) -> str:
     """A real engine's load_checkpoint, inside weights_only_loading, of a file carrying a foreign object."""
     from bigtrain.checkpoint.errors import CheckpointError
     from bigtrain.checkpoint.safe_load import weights_only_loading
-    from bigtrain.config.load import load_config
-    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.engine import build_engine, release_engine
     from bigtrain.parallel.world import init_world
 
-    cfg = load_config(None, ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=2",
-                             "model.ffn_hidden_size=64", "model.seq_len=16", "model.vocab_size=64",
-                             "parallel.zero_stage=0", "train.global_batch_size=1", "train.micro_batch_size=1"])
-    engine, _ = build_engine(cfg, init_world(1, "gloo"), 64)
+    engine, _ = build_engine(tiny_config("parallel.zero_stage=0"), init_world(1, "gloo"), 64)
     engine.save_checkpoint(str(out_dir), tag="t")
     path = out_dir / "t" / "mp_rank_00_model_states.pt"
     state = torch.load(path, weights_only=False)
@@ -127,6 +158,8 @@ def resume_with_a_foreign_object(out_dir: Path) -> str:
             engine.load_checkpoint(str(out_dir), tag="t")
     except CheckpointError as exc:
         return str(exc)
+    finally:
+        release_engine(engine)
     return "loaded"
 
 

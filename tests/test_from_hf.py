@@ -163,8 +163,8 @@ def test_pretraining_continues_from_the_hf_weights(hf_dirs, imported, shards, tm
                                   f"checkpoint.init_from={imported['sharded']}", "parallel.tensor_parallel=2"]}
     common = [f"data.path={shards}", "train.steps=2", "log.tensorboard=false"]
     with ThreadPoolExecutor(2) as pool:
-        procs = dict(zip(jobs, pool.map(lambda a: run_ranks("bigtrain/pretrain.py", 2, [*a, *common], timeout=300,
-                                                                check=False), jobs.values())))
+        procs = dict(zip(jobs, pool.map(lambda a: run_ranks("bigtrain/pretrain.py", 2, [*a, *common], timeout=300),
+                                                 jobs.values())))
     expected = first_batch_loss(hf_dirs["sharded"], shards, global_batch=8, seed=1234)
     for run_dir, proc in procs.items():
         metrics = run_dir / "metrics.jsonl"

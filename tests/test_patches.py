@@ -85,6 +85,15 @@ def test_init_world_environment_is_undone_and_resume_refuses_foreign_objects(pro
     assert "payload executed" not in ours["output"]
 
 
+@pytest.mark.slow
+def test_no_process_group_outlives_destroy_world(probes):
+    """The cause of the rare SIGABRT at exit: gloo groups (and their threads) torn down during interpreter
+    finalization. release_engine + destroy_world free them all while the interpreter is whole."""
+    ours = probes["bigtrain"]
+    assert ours["deepspeed_keeps_the_model"], "DeepSpeed no longer keeps a ZeRO-3 model alive: release_engine's patch may go"
+    assert ours["gloo_threads_after_destroy_world"] == [], "a process group outlives destroy_world (parallel/world.py)"
+
+
 class Payload:
     def __reduce__(self):
         return (Path.touch, (Path(os.environ["BIGTRAIN_TEST_MARKER"]),))

@@ -28,7 +28,7 @@ PARITY_TOL = 1e-5
 
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> list[dict]:
     run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                              *MODEL, *overrides], timeout=300, check=False)
+                                              *MODEL, *overrides], timeout=300)
     return metrics(run_dir)
 
 

@@ -28,7 +28,7 @@ TOL = 1e-5
 
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str):
     proc = run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                                     *MODEL, *overrides], timeout=300, check=False)
+                                                     *MODEL, *overrides], timeout=300)
     path = run_dir / "metrics.jsonl"
     assert path.exists(), f"no {path}: the run failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return [json.loads(line) for line in path.read_text().splitlines()], proc

@@ -200,7 +200,7 @@ def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
 
 
 def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
-    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.engine import build_engine, release_engine
 
     run_dir = Path(cfg.run.dir)
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
@@ -237,4 +237,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     except DataStop as error:
         stop_on_data_error(trainer, error)
         raise
+    finally:  # the engine and its process groups go before destroy_world, not at interpreter exit
+        release_engine(engine)
+        trainer.engine = None
     return trainer
