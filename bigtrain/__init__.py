@@ -4,12 +4,8 @@ import warnings as _warnings
 
 __version__ = "0.1.0"
 
-# Process-wide warning filters, scoped to the warnings megatron-core's own modules raise (docs/patches.md):
-# - at import, that the GPU-only Transformer Engine / Apex fused kernels are absent (torch's are used);
-# - on the first tensor-parallel linear at TP > 1: bigtrain *does* use megatron's async input-gradient
-#   all-reduce (allreduce_dgrad, overlapped with the weight-gradient GEMM), and megatron recommends
-#   CUDA_DEVICE_MAX_CONNECTIONS=1 so a GPU runs the two in that order. The variable matters on GPUs only
-#   and belongs in the launcher's environment (it must be set before CUDA initialises).
+# megatron-core warns at import (4x) that the GPU-only Transformer Engine / Apex fused kernels are absent
+# (torch's are used): filtered for warnings raised by megatron's modules only (docs/patches.md). Its
+# CUDA_DEVICE_MAX_CONNECTIONS warning is not hidden: init_world sets the variable for TP > 1.
 _warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed",
                          module="megatron")  # megatron.*, megatron_fsdp.*
-_warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*", module=r"megatron\.core\.tensor_parallel\.")

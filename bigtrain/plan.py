@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bigtrain.config.arithmetic import ParamCounts, padded_vocab_size, param_counts
 from bigtrain.config.schema import Config, ModelConfig
-from bigtrain.config.validate import config_errors
+from bigtrain.config.validate import config_errors, resolve_precision
 
 GIB = 1024 ** 3
 GPU_BUCKET = 500_000_000  # bigtrain/parallel/engine.py: parallel.bucket_size=0 means 5e8 elements on GPU
@@ -137,6 +137,7 @@ def groups(world: int, tp: int, limit: int = 4) -> tuple[list[list[int]], list[l
 
 def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu_memory_gb: float, reserve_gb: float = 2.0) -> Plan:
     world = nodes * gpus_per_node
+    cfg = resolve_precision(cfg, cuda=True)  # a plan is for GPUs: train.precision=auto trains in bf16 there
     tp = cfg.parallel.tensor_parallel
     warnings = list(config_errors(cfg, world))
     if warnings and any("must be positive" in w for w in warnings):
