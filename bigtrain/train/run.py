@@ -142,6 +142,11 @@ def check_precision_supported(cfg: Config) -> None:
     """fp16 needs an accelerator DeepSpeed supports it on (not a plain CPU): say so before any process group."""
     if cfg.train.precision != "fp16":
         return
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed's CPU accelerator may claim fp16 (mkldnn) yet cannot train it
+        raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's fp16 loss scaling), and this machine has "
+                          "none: use train.precision=bf16 or fp32")
     from bigtrain.parallel.dsenv import import_deepspeed
 
     import_deepspeed()
