@@ -30,7 +30,6 @@ The activation formula is checked against the tensors autograd really saves for 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

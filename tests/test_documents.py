@@ -20,7 +20,7 @@ def test_jsonl_text_and_gzip(tmp_path):
     b = tmp_path / "b.json.gz"
     b.write_bytes(gzip.compress(b'{"content": "three"}\n'))
     c = tmp_path / "c.txt.gz"
-    c.write_bytes(gzip.compress("whole file\nis one document\n".encode()))
+    c.write_bytes(gzip.compress(b"whole file\nis one document\n"))
     d = tmp_path / "README"
     d.write_text("no suffix: one document")
     e = tmp_path / "empty.txt"

@@ -73,8 +73,8 @@ def measure(paths: dict[str, Path], rounds: int) -> list[dict]:
     rows = [{"format": "raw read (jsonl bytes)", "file_mb": text_mb,
              "serial_mb_s": text_mb / min(cpu_seconds(lambda: raw_read(paths["jsonl"])) for _ in range(rounds))}]
     for name, path in paths.items():
-        serial = min(cpu_seconds(lambda: sum(1 for _ in document_chunks([path]))) for _ in range(rounds))
-        full = min(cpu_seconds(lambda: sum(1 for _ in iter_documents([path]))) for _ in range(rounds))
+        serial = min(cpu_seconds(lambda path=path: sum(1 for _ in document_chunks([path]))) for _ in range(rounds))
+        full = min(cpu_seconds(lambda path=path: sum(1 for _ in iter_documents([path]))) for _ in range(rounds))
         rows.append({"format": name, "file_mb": path.stat().st_size / 1e6, "serial_mb_s": text_mb / serial,
                      "full_mb_s": text_mb / full})
     return rows

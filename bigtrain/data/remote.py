@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from bigtrain.data.errors import CorruptShardError, DataError
+from bigtrain.data.errors import DataError
 
 ATTEMPTS = 5
 BACKOFF_S = 0.5

@@ -70,7 +70,7 @@ class Chunk:
             return [(tokens, None) for tokens in parts]
         return [(tokens, self.notes.get(i)) for i, tokens in enumerate(parts)]
 
-    def pin_memory(self) -> "Chunk":
+    def pin_memory(self) -> Chunk:
         return dataclasses.replace(self, tokens=self.tokens.pin_memory())
 
 

@@ -130,7 +130,8 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     ours = to_dict(cfg)["model"]
     diff = {k: (v, meta["model"].get(k)) for k, v in ours.items() if k not in ignore and meta["model"].get(k) != v}
     if diff:
-        hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
+        saved_config = Path(cfg.run.dir) / "config.yaml"
+        hint = f"; resume with --config {saved_config}" if saved_config.is_file() else ""
         raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
     saved = folder_sha256(folder / "tokenizer")
     if saved is not None and saved != manifest.tokenizer.sha256:
@@ -191,6 +192,11 @@ def check_precision_supported(cfg: Config) -> None:
     """fp16 needs an accelerator DeepSpeed supports it on (not a plain CPU): say so before any process group."""
     if cfg.train.precision != "fp16":
         return
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed's CPU accelerator may claim fp16 (mkldnn) yet cannot train it
+        raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's fp16 loss scaling), and this machine has "
+                          "none: use train.precision=bf16 or fp32")
     from bigtrain.parallel.dsenv import import_deepspeed
 
     import_deepspeed()
@@ -280,7 +286,7 @@ def device_line(world: World, precision: str) -> str:
 
 
 def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -> Trainer:
-    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.engine import build_engine, release_engine
 
     run_dir = Path(cfg.run.dir)
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
@@ -328,4 +334,7 @@ def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -
     except DataStop as error:
         stop_on_data_error(trainer, error)
         raise
+    finally:  # the engine and its process groups go before destroy_world, not at interpreter exit
+        release_engine(engine)
+        trainer.engine = None
     return trainer
