@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_leaves
 from bigtrain.config.load import load_config
 from bigtrain.model.llama import LlamaModel
 from bigtrain.parallel.optimize import optimize_model
+from bigtrain.parallel.sequence import allow_sequence_parallel_on_cpu
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -79,12 +80,15 @@ def measure(case: dict, overrides: list[str]) -> dict:
         loss = model(tokens[:, :-1], tokens[:, 1:])
     held = allocations.alive_bytes(weight_storages | {StorageWeakRef(loss.untyped_storage()).cdata})
     loss.sum().backward()  # the graph is complete: backward runs (and frees what was held)
-    return {**case, "held": held, "saved": sum(saved.values())}
+    total = sum(p.numel() if getattr(p, "tensor_model_parallel", False) else p.numel() / tp_size
+                for p in model.parameters())  # per TP rank; replicated ones (norms) counted once over the group
+    return {**case, "held": held, "saved": sum(saved.values()), "params_total": round(total * tp_size)}
 
 
 def main() -> None:
     out_path, cases, overrides = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     dist.init_process_group("gloo")
+    allow_sequence_parallel_on_cpu()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=dist.get_world_size(),
                                              create_gloo_process_groups=False)
     results = [measure(case, overrides) for case in cases]
