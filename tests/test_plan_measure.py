@@ -57,9 +57,13 @@ def test_activation_figures_within_10_percent_of_measured(measured):
     report = []
     for r in results:
         if r["mode"] == "none":
-            assert r["saved"] == r["held"], r  # saved_tensors_hooks sees exactly what is held
+            # saved_tensors_hooks sees what is held, up to megatron's bookkeeping outside autograd (at TP 2: one
+            # int64 per token, 1 KiB here) and, with SP, its all-gather buffer (a * b*s*h, kept for reuse)
+            buffer = (4 if r["precision"] == "fp32" else 2) * 2 * 64 * 128 if r["sp"] else 0
+            assert 0 <= r["held"] - r["saved"] - buffer <= 2 * 64 * 8 + 64, r
         predicted = predicted_held(tp, r)
         report.append((r["mode"], r["kernel"], r["sp"], r["precision"], r["held"], predicted))
+    print("\n".join(map(str, report)))
     bad = [row for row in report if abs(row[5] - row[4]) > 0.10 * row[4]]
     assert not bad, "\n".join(map(str, report))
 

@@ -21,7 +21,7 @@ all-gather buffer a*b*s*h (one, reused by every layer). ``model.activation_check
 - full: a block holds only its input, a*h / q per token; backward recomputes one block at a time;
 - selective (bigtrain/parallel/optimize.py keeps matmul, attention and collective outputs): a block holds
   its input a*h/q, qkv a*(n_q + 2 n_kv)*D, attention output a*n_q*D + 4 n_q (math: + 4 n_q*s), proj and fc2
-  outputs a*h each (+ a*h/t each for the reduce-scatter with sequence parallelism) and fc1's 2a*F.
+  outputs a*h each (whole: with sequence parallelism the reduce-scatter after them is recomputed) and fc1's 2a*F.
 
 ``activations`` is what is held after forward plus one block's recomputation in backward. The logits
 buffers are separate: the model-dtype logits (a*V/t per token), their padding-masked copy (if the vocabulary
@@ -80,8 +80,7 @@ def block_bytes(x: Shape, kernel: str) -> float:
 def selective_block_bytes(x: Shape, kernel: str) -> float:
     """Per token, one block under selective checkpointing: its input and the kept op outputs."""
     attention = x.a * x.n_q * x.D + (4 * x.n_q * x.s if kernel == "math" else 4 * x.n_q)
-    scattered = 2 * x.a * x.h / x.t if x.q > 1 else 0
-    return x.a * x.h / x.q + x.a * (x.n_q + 2 * x.n_kv) * x.D + attention + 2 * x.a * x.h + scattered + 2 * x.a * x.F
+    return x.a * x.h / x.q + x.a * (x.n_q + 2 * x.n_kv) * x.D + attention + 2 * x.a * x.h + 2 * x.a * x.F
 
 
 def activation_bytes(m: ModelConfig, vocab: int, vocab_padded: int, tp: int, sp: bool, act_bytes: int,
