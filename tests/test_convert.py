@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bigtrain.checkpoint.manager import CheckpointError, read_meta, resolve_checkpoint  # noqa: E402
+from bigtrain.checkpoint.errors import CheckpointError  # noqa: E402
+from bigtrain.checkpoint.manager import read_meta, resolve_checkpoint  # noqa: E402
 
 from tiny_runs import VOCAB, trained_runs  # noqa: E402
 
@@ -59,7 +60,7 @@ def offline(monkeypatch):
 # --- the checkpoint really is ZeRO-3 partitioned -------------------------------------------------
 
 def test_zero3_checkpoint_is_partitioned_over_data_parallel_ranks(runs):
-    from bigtrain.convert.zero_reader import load_file
+    from bigtrain.checkpoint.zero_reader import load_file
 
     ds_config = json.loads((runs[Z3_TIED] / "ds_config.json").read_text())
     assert ds_config["zero_optimization"]["stage3_param_persistence_threshold"] == 0
@@ -76,7 +77,7 @@ def test_zero3_checkpoint_is_partitioned_over_data_parallel_ranks(runs):
 
 
 def test_reader_returns_fp32_tp_shards_without_extra_state(runs):
-    from bigtrain.convert.zero_reader import read_tp_shards
+    from bigtrain.checkpoint.zero_reader import read_tp_shards
 
     folder = resolve_checkpoint(runs[Z1_BF16])
     shards = read_tp_shards(folder, read_meta(folder))
@@ -270,7 +271,7 @@ def test_existing_output_folder_is_not_overwritten(runs, tmp_path):
 
 def test_layout_inverses():
     from bigtrain.config.schema import ModelConfig
-    from bigtrain.convert.layout import from_hf_parts, merge_tp, split_tp, to_hf_parts
+    from bigtrain.checkpoint.layout import from_hf_parts, merge_tp, split_tp, to_hf_parts
 
     cfg = ModelConfig(hidden_size=64, num_heads=4, num_kv_heads=2, ffn_hidden_size=96)  # head_dim 16
     full = {"embed.weight": torch.randn(384, 64), "layers.0.attn.qkv.weight": torch.randn(128, 64),
@@ -299,7 +300,7 @@ class NotAWeight:
 
 
 def test_files_with_foreign_objects_are_refused(tmp_path):
-    from bigtrain.convert.zero_reader import load_file
+    from bigtrain.checkpoint.zero_reader import load_file
 
     path = tmp_path / "mp_rank_00_model_states.pt"
     torch.save({"module": {"w": torch.zeros(2)}, "payload": NotAWeight()}, path)

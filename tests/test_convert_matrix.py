@@ -78,7 +78,7 @@ def test_export_matches_transformers(runs, name, tmp_path):
 @pytest.mark.parametrize("name", list(RESHARD))
 def test_layout_change_carries_model_and_adam_state(runs, name):
     """Loading into another TP x DP x ZeRO (x precision) and saving again changes no weight, moment or step."""
-    from bigtrain.convert.source import Checkpoint
+    from bigtrain.checkpoint.source import Checkpoint
 
     source, layout = RESHARD[name]
     before, after = Checkpoint.open(runs[source]), Checkpoint.open(runs[name])
@@ -100,7 +100,7 @@ def test_layout_change_carries_model_and_adam_state(runs, name):
 
 def test_failed_parity_check_leaves_no_output(runs, tmp_path, monkeypatch, capsys):
     """A wrong conversion (k and v swapped) is caught: exit status 2, a clear message, no output folder."""
-    import bigtrain.convert.layout as layout
+    import bigtrain.checkpoint.layout as layout
     from bigtrain.cli import main
 
     split = layout.split_qkv

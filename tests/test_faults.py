@@ -55,13 +55,13 @@ def release(hold_dir: Path, point: str) -> None:
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     from bigtrain.checkpoint.manager import read_meta
-    from bigtrain.convert.zero_reader import read_tp_shards
+    from bigtrain.checkpoint.zero_reader import read_tp_shards
 
     return read_tp_shards(folder, read_meta(folder))[0]
 
 
 def adam_state(folder: Path, dp_rank: int) -> list[torch.Tensor]:
-    from bigtrain.convert.zero_reader import load_file
+    from bigtrain.checkpoint.zero_reader import load_file
 
     state = load_file(folder / f"zero_pp_rank_{dp_rank}_mp_rank_00_optim_states.pt")["optimizer_state_dict"]
     inner = state["optimizer_state_dict"]["state"]
@@ -238,7 +238,7 @@ def test_watchdog_dumps_stacks_and_exits_when_a_rank_is_stuck(shards, tmp_path):
 
 
 def test_bf16_trains_with_fp32_master_weights(reference, shards, tmp_path):
-    from bigtrain.convert.zero_reader import load_file
+    from bigtrain.checkpoint.zero_reader import load_file
 
     run = tmp_path / "run"
     job = launch(run, shards, "train.precision=bf16")

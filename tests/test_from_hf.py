@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import REPO, run_ranks  # noqa: E402
 
-from bigtrain.checkpoint.manager import CheckpointError  # noqa: E402
+from bigtrain.checkpoint.errors import CheckpointError  # noqa: E402
 
 HF_MODEL = dict(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1, bos_token_id=1,
@@ -127,6 +127,21 @@ def test_eval_and_generate_agree_with_transformers(hf_dirs, imported, variant, t
     with torch.no_grad():
         out = hf.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert generate(imported[variant], prompt, 6) == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_one_model_in_one_process_needs_no_process_group_nor_deepspeed(imported, tmp_path):
+    """eval/generate/the export's parity check load the model alone in their process (model/layers.py)."""
+    text = tmp_path / "doc.txt"
+    text.write_text((REPO / "README.md").read_text()[:1000])
+    probe = ("import sys, torch.distributed as dist\n"
+             "from bigtrain.evaluate import evaluate\n"
+             f"result = evaluate({str(imported['bin'])!r}, {str(text)!r}, 64)\n"
+             "assert result['tokens'] > 100, result\n"
+             "assert not dist.is_initialized(), 'a process group was created'\n"
+             "assert 'deepspeed' not in sys.modules, 'DeepSpeed was imported'\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, check=True, timeout=300)
 
 
 def first_batch_loss(hf_dir: Path, shards: Path, global_batch: int, seed: int) -> float:

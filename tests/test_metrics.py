@@ -12,7 +12,8 @@ import torch
 
 from bigtrain.config.load import ConfigError, load_config
 from bigtrain.config.validate import validate
-from bigtrain.train.flops import Peak, matmul_params, mfu, peak_flops, table_peak, train_flops_per_token
+from bigtrain.config.arithmetic import matmul_params, train_flops_per_token
+from bigtrain.train.flops import Peak, mfu, peak_flops, table_peak
 from bigtrain.train.metrics import MetricsLogger
 from bigtrain.train.progress import Console, render_bar
 from bigtrain.train.sinks import TensorBoardSink, WandbSink, build_sinks, scalars

@@ -18,7 +18,8 @@ import pytest
 from launch import REPO
 
 from bigtrain.config.load import load_config
-from bigtrain.plan import GIB, PlanInputError, count_params, make_plan, padded_vocab
+from bigtrain.config.arithmetic import padded_vocab_size, param_counts
+from bigtrain.plan import GIB, make_plan
 
 SMALL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
          "model.ffn_hidden_size=176", "model.seq_len=64", "model.vocab_size=1000", "parallel.tensor_parallel=2",
@@ -95,7 +96,7 @@ def test_llama2_7b_parameter_count():
     cfg = load_config("debug", ["model.hidden_size=4096", "model.num_layers=32", "model.num_heads=32",
                                 "model.num_kv_heads=32", "model.ffn_hidden_size=11008", "model.vocab_size=32000",
                                 "model.tie_embeddings=false", "parallel.tensor_parallel=1"])
-    assert count_params(cfg.model, padded_vocab(32000, 128, 1), 1).total == 6_738_415_616  # HF's Llama-2-7b
+    assert param_counts(cfg.model, padded_vocab_size(32000, 128, 1), 1).total == 6_738_415_616  # HF's Llama-2-7b
 
 
 @pytest.mark.parametrize("overrides, nodes, gpus, memory_gb, expected", [

@@ -20,7 +20,8 @@ import pytest
 from launch import run_ranks
 
 from bigtrain.config.load import load_config
-from bigtrain.plan import activation_bytes, count_params, logits_bytes, padded_vocab
+from bigtrain.config.arithmetic import padded_vocab_size, param_counts
+from bigtrain.plan import activation_bytes, logits_bytes
 from bigtrain.plan.memory import model_states
 
 MODEL = ["model.hidden_size=128", "model.num_layers=3", "model.num_heads=4", "model.num_kv_heads=2",
@@ -45,7 +46,7 @@ def measured(request, tmp_path_factory) -> tuple[int, list[dict]]:
 
 def predicted_held(tp: int, case: dict) -> int:
     cfg = load_config("debug", MODEL)
-    vpad = padded_vocab(1000, 128, tp)
+    vpad = padded_vocab_size(1000, 128, tp)
     a = 4 if case["precision"] == "fp32" else 2
     acts = activation_bytes(cfg.model, 1000, vpad, tp, case["sp"], a, 2, case["mode"], case["kernel"])
     return acts["held"] + logits_bytes(1000, vpad, tp, a, 2 * 64)["held"]
@@ -71,7 +72,7 @@ def test_activation_figures_within_10_percent_of_measured(measured):
 def test_parameter_count_is_the_real_models(measured):
     tp, results = measured
     cfg = load_config("debug", MODEL)
-    assert all(r["params_total"] == count_params(cfg.model, padded_vocab(1000, 128, tp), tp).total for r in results)
+    assert all(r["params_total"] == param_counts(cfg.model, padded_vocab_size(1000, 128, tp), tp).total for r in results)
 
 
 P, D = 1_000_000 * 64, 8  # parameters (a multiple of D), data-parallel GPUs in one node

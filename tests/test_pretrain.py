@@ -69,7 +69,7 @@ def test_tp2_dp2_zero3_matches_single_process(single, tp2dp2):
 
 
 def test_zero3_really_partitions_each_tp_shard(tp2dp2):
-    from bigtrain.convert.zero_reader import load_file
+    from bigtrain.checkpoint.zero_reader import load_file
 
     ds = json.loads((tp2dp2 / "ds_config.json").read_text())["zero_optimization"]
     assert ds["stage"] == 3 and ds["stage3_param_persistence_threshold"] == 0

@@ -26,7 +26,7 @@ from megatron.core import parallel_state
 
 from bigtrain.checkpoint.manager import Checkpointer
 from bigtrain.config.load import dump_yaml, load_config, to_dict
-from bigtrain.model.llama import padded_vocab_size
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.parallel.engine import build_engine
 from bigtrain.parallel.world import destroy_world, init_world
 from bigtrain.train.step import train_step
@@ -72,7 +72,7 @@ def world_with_tp(tp: int):
 def reshard_one(run_dir: Path, cfg, source: Path, vocab_size: int, tokenizer: Path | None, world) -> None:
     """Load ``source`` into an engine of this run's layout and save it as is."""
     from bigtrain.checkpoint.reshard import load_into_engine
-    from bigtrain.convert.source import Checkpoint
+    from bigtrain.checkpoint.source import Checkpoint
 
     engine, _ = build_engine(cfg, world, vocab_size)
     ckpt = Checkpoint.open(source)

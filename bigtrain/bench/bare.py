@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigtrain.config.arithmetic import is_decayed, padded_vocab_size
 from bigtrain.config.schema import ModelConfig, TrainConfig
-from bigtrain.model.llama import PAD_LOGIT, RMSNorm, attention_core, padded_vocab_size, swiglu
+from bigtrain.model.llama import PAD_LOGIT, RMSNorm, attention_core, swiglu
 from bigtrain.model.rope import rope_cache
-from bigtrain.train.schedule import lr_lambda
+from bigtrain.config.schedule import lr_lambda
 
 
 class BareAttention(nn.Module):
@@ -105,9 +106,9 @@ def copy_weights(bare: BareLlama, state: dict[str, torch.Tensor]) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """As bigtrain/parallel/engine.py: no weight decay on the norms' gains."""
-    decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight")]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
+    """As bigtrain/parallel/engine.py: no weight decay on the norms' gains (config/arithmetic.py)."""
+    decay = [p for n, p in model.named_parameters() if is_decayed(n)]
+    no_decay = [p for n, p in model.named_parameters() if not is_decayed(n)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -62,6 +62,7 @@ def run(size: str, device: str | None, steps: int, warmup: int | None, accum: in
     from bigtrain.config.validate import validate
     from bigtrain.parallel.world import destroy_world, init_world, launch_env
     from bigtrain.train.flops import peak_flops
+    from bigtrain.train.run import check_compile_supported
 
     if steps < 2:
         raise UserError(f"--steps must be >= 2 (measured steps after the warm-up), got {steps}")
@@ -76,6 +77,7 @@ def run(size: str, device: str | None, steps: int, warmup: int | None, accum: in
     if bare == "auto":
         bare = "interleaved" if device_type == "cpu" else "sequential"
     validate(cfg, launch.world_size)
+    check_compile_supported(cfg)
     cfg, sources = bench_data(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:

@@ -2,7 +2,7 @@
 
 Throughput is per optimizer step: ``tokens_per_sec`` = tokens of a global batch / the median step
 time (wall, loop to loop, the slowest rank's median), ``tokens_per_sec_mean`` the same over the mean
-step time. MFU = tokens/s per device x model FLOPs per token (6N + 12LCT, bigtrain/train/flops.py) /
+step time. MFU = tokens/s per device x model FLOPs per token (6N + 12LCT, bigtrain/config/arithmetic.py) /
 peak: ``mfu`` against the device's stated dense peak (flops.py's table; on a CPU or an unknown GPU,
 against the measured GEMM ceiling, as ``peak_source`` says), ``mfu_vs_gemm`` against the bf16 (run
 precision) GEMM rate measured in the same run. ``peak_memory_gb`` is GiB (2**30 bytes), the largest
@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.bench.timing import PHASES
+from bigtrain.config.arithmetic import matmul_params, padded_vocab_size, param_counts, train_flops_per_token
 from bigtrain.config.load import to_dict
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
-from bigtrain.train.flops import Peak, matmul_params, train_flops_per_token
+from bigtrain.train.flops import Peak
 
 # |first-step loss, bigtrain - bare| allowed: same weights, same tokens, different kernels
 # (megatron's matmul/cross-entropy vs nn.Linear/F.cross_entropy) summing in a different order.
@@ -130,12 +131,8 @@ def setup(cfg: Config, world: World) -> dict:
 
 def total_params(cfg: Config) -> int:
     """All parameters of the model (embeddings, norms; the output layer unless tied)."""
-    from bigtrain.model.llama import padded_vocab_size
-
     m = cfg.model
-    vocab = padded_vocab_size(m.vocab_size, m.vocab_pad_multiple, 1)
-    block = matmul_params(m, 0) // m.num_layers + 2 * m.hidden_size
-    return m.num_layers * block + vocab * m.hidden_size * (1 if m.tie_embeddings else 2) + m.hidden_size
+    return param_counts(m, padded_vocab_size(m.vocab_size, m.vocab_pad_multiple, 1)).total
 
 
 def table_row(r: dict) -> str:

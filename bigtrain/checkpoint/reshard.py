@@ -5,8 +5,8 @@ differs (tensor parallel size, number of data-parallel ranks, ZeRO stage or prec
 checkpoint holds weights only (``bigtrain convert from-hf``), every rank instead
 
 1. reads, per parameter, the TP=1 fp32 master weight and both Adam moments from the checkpoint's
-   files (bigtrain/convert/source.py: memory-mapped, one parameter at a time) and cuts out its own
-   tensor-parallel shard for the new layout (bigtrain/convert/layout.py);
+   files (bigtrain/checkpoint/source.py: memory-mapped, one parameter at a time) and cuts out its own
+   tensor-parallel shard for the new layout (bigtrain/checkpoint/layout.py);
 2. writes them into the engine's ZeRO partitions with DeepSpeed's ``safe_set_full_fp32_param`` /
    ``safe_set_full_optimizer_state`` (each rank keeps only its data-parallel partition), after
    creating the Adam state those calls write into (DeepSpeed creates it lazily at the first step);
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from bigtrain.checkpoint.manager import CheckpointError
-from bigtrain.convert.source import Checkpoint
-from bigtrain.convert.zero_reader import MOMENTS
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.source import Checkpoint
+from bigtrain.checkpoint.zero_reader import MOMENTS
 
 
 def layout_of(meta: dict) -> dict:

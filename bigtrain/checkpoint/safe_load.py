@@ -1,12 +1,17 @@
-"""Resume without unpickling arbitrary objects: DeepSpeed's files are read with ``weights_only=True``.
+"""The one weights-only ``torch.load`` of bigtrain, and resume through it.
+
+:func:`torch_load` is how every ``.pt``/``.bin`` file is read (DeepSpeed's checkpoint files by
+bigtrain/checkpoint/zero_reader.py and by resume, a Hugging Face ``pytorch_model.bin`` by
+bigtrain/convert/hf_reader.py): ``torch.load(weights_only=True)`` allowing, besides tensors and plain
+containers, only the classes the caller names -- for DeepSpeed's files those of
+:func:`deepspeed_classes`. A file holding anything else is refused with a :class:`CheckpointError`
+naming it; a truncated or corrupt one too.
 
 DeepSpeed (0.19) reads every file of ``engine.load_checkpoint`` (model states, ZeRO optimizer
 partitions, LR-scheduler and client state) through ``engine.checkpoint_engine.load``, whose default
 ``TorchCheckpointEngine`` calls ``torch.load(weights_only=False)``. :func:`weights_only_loading`
-replaces that method on the engine with :func:`load_weights_only`: ``torch.load(weights_only=True)``
-allowing, besides tensors and plain containers, only the DeepSpeed classes listed by
-``bigtrain.convert.zero_reader.allowed_globals()`` (+ ``DynamicLossScaler`` for fp16 runs). A file
-holding anything else is refused with a :class:`CheckpointError` naming it.
+replaces that method on the engine with :func:`load_weights_only` (:func:`torch_load` with
+:func:`allowed_classes`: the DeepSpeed classes + ``DynamicLossScaler`` for fp16 runs).
 
 As a second line, ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` is set while the checkpoint loads, so a
 ``torch.load`` that bypasses the checkpoint engine (DeepSpeed's universal-checkpoint and
@@ -22,31 +27,51 @@ from __future__ import annotations
 import os
 import pickle
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 
 from bigtrain.checkpoint.errors import CheckpointError
 
 
+def deepspeed_classes() -> list[type]:
+    """The only non-torch objects DeepSpeed (0.19) pickles into its checkpoint files."""
+    from bigtrain.parallel.dsenv import import_deepspeed
+
+    import_deepspeed()  # DeepSpeed's process-wide settings first (CPU accelerator, quiet logger)
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum,  # optimizer_state_dict["zero_stage"]
+            LossScaler,  # optimizer_state_dict["loss_scaler"] (fp32 and ZeRO-3 too)
+            fragment_address]  # optimizer_state_dict["param_slice_mappings"] (ZeRO-1/2, bf16)
+
+
 def allowed_classes() -> list[type]:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
 
-    from bigtrain.convert.zero_reader import allowed_globals
+    return [*deepspeed_classes(), DynamicLossScaler]  # fp16 runs pickle a DynamicLossScaler
 
-    return [*allowed_globals(), DynamicLossScaler]  # fp16 runs pickle a DynamicLossScaler
+
+def torch_load(path: str | Path, allowed: Sequence[type] = (), map_location="cpu", mmap: bool = False):
+    """torch.load with weights_only=True allowing only ``allowed`` besides tensors; CheckpointError if refused."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        names = [f"{c.__module__}.{c.__qualname__}" for c in allowed]
+        what = f"tensors and the allowed classes {names}" if names else "tensors"
+        raise CheckpointError(f"{path} holds objects outside {what}; refusing to unpickle it "
+                              f"({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt: {exc}") from exc
 
 
 def load_weights_only(path: str, map_location=None):
-    """torch.load with weights_only=True and the DeepSpeed allowlist; CheckpointError if refused."""
-    allowed = allowed_classes()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        names = [f"{c.__module__}.{c.__qualname__}" for c in allowed]
-        raise CheckpointError(f"{path} holds objects outside tensors and the allowed DeepSpeed classes {names}; "
-                              f"refusing to unpickle it ({str(exc).splitlines()[0]})") from exc
+    """The checkpoint engine's ``load``: :func:`torch_load` with DeepSpeed's classes."""
+    return torch_load(path, allowed_classes(), map_location=map_location)
 
 
 @contextmanager

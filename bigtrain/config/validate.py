@@ -149,14 +149,6 @@ def fast_path_errors(cfg: Config) -> list[str]:
     elif m.attention_backend == "flash_attn" and importlib.util.find_spec("flash_attn") is None:
         errors.append("model.attention_backend=flash_attn but the flash-attn package is not installed: "
                       "pip install flash-attn (CUDA only), or use model.attention_backend=flash")
-    if cfg.train.compile:
-        import torch
-
-        from bigtrain.parallel.optimize import compile_problem
-
-        problem = compile_problem("cuda" if torch.cuda.is_available() else "cpu")
-        if problem:
-            errors.append(f"train.compile=true: {problem}; or set train.compile=false")
     if m.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
         errors.append(f"model.activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
                       f"got {m.activation_checkpointing!r}")

@@ -34,16 +34,17 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.checkpoint.manager import CHECKPOINT_DIR, FORMAT, LATEST, META, CheckpointError, library_versions, tag_for
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.manager import CHECKPOINT_DIR, FORMAT, LATEST, META, library_versions, tag_for
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import Config, ModelConfig, ParallelConfig, RunConfig
 from bigtrain.config.validate import validate
 from bigtrain.convert.hf_map import bigtrain_names, hf_names
 from bigtrain.convert.hf_reader import HFWeights, model_config, read_json
-from bigtrain.convert.layout import from_hf_parts, split_param
-from bigtrain.convert.native import WEIGHTS_FORMAT, weights_file
+from bigtrain.checkpoint.layout import from_hf_parts, split_param
+from bigtrain.checkpoint.native import WEIGHTS_FORMAT, weights_file
 from bigtrain.convert.safetensors_out import Entry, SafetensorsWriter
-from bigtrain.model.llama import padded_vocab_size
+from bigtrain.config.arithmetic import padded_vocab_size
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "bigtrain_tokenizer.json")

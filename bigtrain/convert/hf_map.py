@@ -2,14 +2,14 @@
 
 ``KEY_MAP`` is declarative: a bigtrain name pattern -> the HF name(s) it becomes. A tuple means the
 bigtrain tensor is fused and splits into those HF tensors, in that order; the reshaping itself lives
-in bigtrain/convert/layout.py (``to_hf_parts``/``from_hf_parts``).
+in bigtrain/checkpoint/layout.py (``to_hf_parts``/``from_hf_parts``).
 """
 
 from __future__ import annotations
 
 import re
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.config.schema import ModelConfig
 
 KEY_MAP: dict[str, str | tuple[str, ...]] = {

@@ -16,13 +16,13 @@ memory-mapped; ``get(name)`` materialises one tensor.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.safe_load import torch_load
 from bigtrain.config.schema import ModelConfig
 
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -142,11 +142,7 @@ def open_safetensors(path: Path):
 
 
 def open_bin(path: Path) -> dict:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path} holds objects other than tensors; refusing to unpickle it "
-                              f"({str(exc).splitlines()[0]})") from exc
+    data = torch_load(path, mmap=True)  # tensors only: no class of any library is allowed
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a state dict")
     return data

@@ -1,6 +1,7 @@
 """Load a bigtrain checkpoint into one process: merged weights, the TP=1 model, the tokenizer.
 
-Used by ``bigtrain eval``/``generate`` (bigtrain's own model, no DeepSpeed engine) and by the HF export.
+Used by ``bigtrain eval``/``generate`` and by the HF export's parity check: bigtrain's own model on
+plain torch layers (bigtrain/model/layers.py), with no process group and no DeepSpeed engine.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.checkpoint.manager import CheckpointError
-from bigtrain.config.schema import Config, ModelConfig
-from bigtrain.convert.source import Checkpoint, model_config  # noqa: F401  (model_config: re-exported)
-from bigtrain.model.llama import LlamaModel, padded_vocab_size
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.source import Checkpoint
+from bigtrain.config.arithmetic import padded_vocab_size
+from bigtrain.config.schema import ModelConfig
+from bigtrain.model.layers import SingleProcess
+from bigtrain.model.llama import LlamaModel
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -24,24 +27,11 @@ def open_checkpoint(src: str | Path) -> tuple[Path, dict]:
     return ckpt.folder, ckpt.meta
 
 
-def single_process_world():
-    """A 1-rank gloo world with TP=1 (created if none exists)."""
-    from bigtrain.parallel.world import init_world
-
-    world = init_world(1, backend="gloo")
-    if world.world_size != 1 or world.tp_size != 1:
-        raise RuntimeError(f"single-process inference needs a 1-rank world with TP=1; this process already "
-                           f"belongs to one with {world.world_size} ranks, TP={world.tp_size}")
-    return world
-
-
-def build_model(cfg: ModelConfig, vocab_size: int, world) -> LlamaModel:
-    """The plain model at TP=1 on CPU, fp32, without a DeepSpeed engine (weights left uninitialised)."""
-    from bigtrain.parallel.engine import tp_layer_config
-
-    tp = dataclasses.replace(tp_layer_config(Config(model=cfg), world), perform_initialization=False)
+def build_model(cfg: ModelConfig, vocab_size: int) -> LlamaModel:
+    """The model at TP=1 on CPU, fp32, alone in this process (weights left uninitialised)."""
     # the training run's attention kernel (e.g. flash_attn on a GPU) may not exist here: same function, default kernel
-    return LlamaModel(dataclasses.replace(cfg, attention_backend="auto"), vocab_size, tp)
+    return LlamaModel(dataclasses.replace(cfg, attention_backend="auto"), vocab_size,
+                      SingleProcess(perform_initialization=False))
 
 
 def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = None) -> tuple[LlamaModel, dict]:
@@ -53,8 +43,7 @@ def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = 
     """
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint.open(src)
     cfg, vocab = ckpt.cfg, ckpt.vocab_size
-    world = single_process_world()
-    model = build_model(cfg, vocab, world)
+    model = build_model(cfg, vocab)
     params = dict(model.named_parameters())
     names = ckpt.names()
     missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 
 TOLERANCE = 1e-4
 PROBE_LEN = 32

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.config.schema import ModelConfig
 from bigtrain.convert.hf_map import KEY_MAP, hf_config, hf_names
-from bigtrain.convert.layout import to_hf_parts
+from bigtrain.checkpoint.layout import to_hf_parts
 from bigtrain.convert.load import tokenizer_dir
 from bigtrain.convert.parity import TOLERANCE, check_parity
 from bigtrain.convert.safetensors_out import Entry, SafetensorsWriter
-from bigtrain.convert.source import Checkpoint
+from bigtrain.checkpoint.source import Checkpoint
 
 DTYPES = {"fp32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "bfloat16")}
 MAX_SHARD_BYTES = 2 * 10**9  # Hugging Face's "2GB"

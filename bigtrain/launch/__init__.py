@@ -1,5 +1,5 @@
-"""Cluster launchers: submitit jobs (``bigtrain submit``) and the SLURM rendezvous shared with
-``slurm/pretrain.sh``. See docs/cluster.md.
+"""Cluster launchers: submitit jobs (``bigtrain submit``). The SLURM rendezvous they share with
+``slurm/pretrain.sh`` is bigtrain/parallel/rendezvous.py. See docs/cluster.md.
 
     from bigtrain.launch import submit
     job = submit("debug", ["run.dir=runs/exp1"], nodes=2, gpus_per_node=8, partition="gpu", time="24:00:00")

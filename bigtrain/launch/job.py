@@ -26,7 +26,7 @@ from pathlib import Path
 
 import submitit
 
-from bigtrain.launch.rendezvous import master_port
+from bigtrain.parallel.rendezvous import master_port
 
 REQUEUE_EXIT_CODE = 75  # as bigtrain.train.signals (not imported here: it pulls in torch)
 

@@ -1,11 +1,13 @@
 """A Llama-style decoder built from megatron-core tensor-parallel layers.
 
 Plain model code: no engine, launcher or checkpoint logic. Parallelism enters only through the
-megatron ``ModelParallelConfig`` handed to each layer and the process groups megatron already holds.
+megatron ``ModelParallelConfig`` handed to each layer and the process groups megatron already holds;
+given ``layers.SingleProcess`` instead, the same model runs alone in a process on plain torch layers
+(no process group: eval, generate, the export's parity check).
 Shapes in comments: B batch, T time, C hidden, H local query heads, G local key/value heads,
 D head dim, V/tp the local vocabulary shard.
 
-Tensor-parallel layouts (also what the HF converter undoes, see bigtrain/convert/layout.py):
+Tensor-parallel layouts (also what the HF converter undoes, see bigtrain/checkpoint/layout.py):
 - ``qkv.weight`` is one fused matrix in Megatron's *grouped* order: for each key/value head g,
   its q heads, then k_g, then v_g. A contiguous split over TP ranks hands each rank whole groups.
 - ``fc1.weight`` is ``[gate; up]`` created with ``stride=2``, so each rank holds ``[gate_r; up_r]``.
@@ -28,22 +30,15 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                           vocab_parallel_cross_entropy)
 from torch import nn
 
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.schema import ModelConfig
 from bigtrain.model.attention import causal_attention
+from bigtrain.model.layers import Parallel, column_linear, cross_entropy, embedding, row_linear
 from bigtrain.model.rope import apply_rope, rope_cache
 
 PAD_LOGIT = -1.0e30  # exp() underflows to exactly 0 in fp32 and bf16
-
-
-def padded_vocab_size(vocab_size: int, pad_multiple: int, tensor_parallel: int) -> int:
-    """Rows of the embedding table: independent of TP for TP sizes dividing ``pad_multiple``."""
-    multiple = math.lcm(pad_multiple, tensor_parallel)
-    return -(-vocab_size // multiple) * multiple
 
 
 def normal_init(std: float):
@@ -93,7 +88,7 @@ def attention_core(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, grou
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp: Parallel):
         super().__init__()
         tp_size = tp.tensor_model_parallel_size
         self.head_dim = cfg.hidden_size // cfg.num_heads
@@ -103,10 +98,8 @@ class Attention(nn.Module):
         self.sequence_first = tp.sequence_parallel  # megatron's (T, B, ...) layout around the linears
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         qkv_size = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
-        self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_size, config=tp, bias=False, gather_output=False,
-                                        init_method=normal_init(cfg.init_std))
-        self.proj = RowParallelLinear(cfg.num_heads * self.head_dim, cfg.hidden_size, config=tp, bias=False,
-                                      input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+        self.qkv = column_linear(cfg.hidden_size, qkv_size, tp, normal_init(cfg.init_std))
+        self.proj = row_linear(cfg.num_heads * self.head_dim, cfg.hidden_size, tp, normal_init(out_std))
         self.compute = attention_core
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -123,13 +116,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: fc2(silu(gate(x)) * up(x)) with gate and up fused in fc1."""
 
-    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp: Parallel):
         super().__init__()
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
-        self.fc1 = ColumnParallelLinear(cfg.hidden_size, 2 * cfg.ffn_hidden_size, config=tp, bias=False,
-                                        gather_output=False, stride=2, init_method=normal_init(cfg.init_std))
-        self.fc2 = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, config=tp, bias=False,
-                                     input_is_parallel=True, skip_bias_add=False, init_method=normal_init(out_std))
+        self.fc1 = column_linear(cfg.hidden_size, 2 * cfg.ffn_hidden_size, tp, normal_init(cfg.init_std), stride=2)
+        self.fc2 = row_linear(cfg.ffn_hidden_size, cfg.hidden_size, tp, normal_init(out_std))
         self.compute = swiglu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +130,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp: Parallel):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.attn = Attention(cfg, tp)
@@ -152,21 +143,19 @@ class Block(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab_size: int, tp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, tp: Parallel):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.vocab_pad_multiple,
                                                    tp.tensor_model_parallel_size)
         self.sequence_parallel = tp.sequence_parallel
-        self.embed = VocabParallelEmbedding(self.padded_vocab_size, cfg.hidden_size, config=tp,
-                                            init_method=normal_init(cfg.init_std),
-                                            reduce_scatter_embeddings=tp.sequence_parallel)
+        self.embed = embedding(self.padded_vocab_size, cfg.hidden_size, tp, normal_init(cfg.init_std))
         self.layers = nn.ModuleList(Block(cfg, tp) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.lm_head = ColumnParallelLinear(cfg.hidden_size, self.padded_vocab_size, config=tp, bias=False,
-                                            gather_output=False, skip_weight_param_allocation=cfg.tie_embeddings,
-                                            init_method=normal_init(cfg.init_std))
+        self.lm_head = column_linear(cfg.hidden_size, self.padded_vocab_size, tp, normal_init(cfg.init_std),
+                                     skip_weight_param_allocation=cfg.tie_embeddings)
+        self.tp = tp
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> per-token losses (B, T) in fp32 if labels are given, else local logits (B, T, V/tp)."""
@@ -182,10 +171,10 @@ class LlamaModel(nn.Module):
         if self.sequence_parallel:
             if labels is None:
                 return logits.transpose(0, 1)
-            return vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous()).t()
+            return cross_entropy(logits, labels.t().contiguous(), self.tp).t()
         if labels is None:
             return logits
-        return vocab_parallel_cross_entropy(logits.float(), labels)
+        return cross_entropy(logits, labels, self.tp)
 
     def mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
         """Give padding rows of the vocabulary a logit of -1e30 so they carry no probability."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from megatron.core import ModelParallelConfig, parallel_state
 
+from bigtrain.config.arithmetic import is_decayed
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
 from bigtrain.model.llama import LlamaModel
@@ -24,7 +25,7 @@ from bigtrain.parallel.mpu import MegatronMpu
 from bigtrain.parallel.optimize import optimize_model
 from bigtrain.parallel.sequence import allow_sequence_parallel_on_cpu, sum_replicated_grads_over_tp
 from bigtrain.parallel.world import World
-from bigtrain.train.schedule import lr_lambda
+from bigtrain.config.schedule import lr_lambda
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 
@@ -135,10 +136,10 @@ def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> 
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; norms (1-D gains) are not decayed."""
+    """Weight decay on matrices only; norms (1-D gains) are not decayed (config/arithmetic.py: the order)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if name.endswith("norm.weight") else decay).append(param)
+        (decay if is_decayed(name) else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -49,7 +49,7 @@ def launch_env() -> LaunchEnv:
     else:
         rank, world, local = 0, 1, 0
     if world > 1 and "MASTER_ADDR" not in env and "SLURM_JOB_NODELIST" in env:
-        from bigtrain.launch.rendezvous import slurm_master  # plain `srun python ...`: first node, port from job id
+        from bigtrain.parallel.rendezvous import slurm_master  # plain `srun python ...`: first node, port from job id
 
         addr, port = slurm_master(env)
     else:

@@ -10,14 +10,13 @@ sequence parallelism and attention kernel: activations.py), ``logits`` (the logi
 (CUDA context, NCCL, fragmentation: --reserve-gb) and ``total``. GiB = 2**30 bytes; --gpu-memory-gb is GiB
 too (an "80 GB" H100 has 79.6 GiB). ``step_time_s`` and ``comm_fraction``: steptime.py (docs/scaling.md).
 ``errors`` (impossible layout, does not fit: exit status 2), ``advice`` (the smallest change that fits:
-advice.py), ``warnings`` (legal but slow or odd).
+advice.py), ``warnings`` (legal but slow or odd). Parameter counts, FLOPs: bigtrain/config/arithmetic.py.
 """
 
 from bigtrain.plan.activations import activation_bytes, logits_bytes
-from bigtrain.plan.params import ParamCounts, count_params, padded_vocab
 from bigtrain.plan.report import GIB, Plan, PlanInputError, make_plan
 from bigtrain.plan.steptime import Hardware
 from bigtrain.plan.text import format_plan, recipe_table, scaling_table
 
-__all__ = ["GIB", "Hardware", "ParamCounts", "Plan", "PlanInputError", "activation_bytes", "count_params",
-           "format_plan", "logits_bytes", "make_plan", "padded_vocab", "recipe_table", "scaling_table"]
+__all__ = ["GIB", "Hardware", "Plan", "PlanInputError", "activation_bytes", "format_plan", "logits_bytes", "make_plan",
+           "recipe_table", "scaling_table"]

@@ -11,7 +11,7 @@ from bigtrain.errors import UserError
 from bigtrain.plan.activations import activation_bytes, logits_bytes
 from bigtrain.plan.advice import candidate_changes, fitting_change
 from bigtrain.plan.memory import bucket_bytes, model_states, zero3_gathered_bytes
-from bigtrain.plan.params import ParamCounts, count_params, padded_vocab
+from bigtrain.config.arithmetic import ParamCounts, padded_vocab_size, param_counts
 from bigtrain.plan.steptime import Hardware, step_time
 
 GIB = 1024 ** 3
@@ -129,8 +129,8 @@ def make_plan(cfg: Config, nodes: int | None = None, gpus_per_node: int | None =
     errors = list(config_errors(cfg, world))
     vocab, note = resolve_vocab(cfg)
     dp = max(world // tp, 1)
-    vpad = padded_vocab(vocab, cfg.model.vocab_pad_multiple, tp)
-    params = count_params(cfg.model, vpad, tp)
+    vpad = padded_vocab_size(vocab, cfg.model.vocab_pad_multiple, tp)
+    params = param_counts(cfg.model, vpad, tp)
     mem, acts = memory(cfg, params, dp, vocab, vpad, reserve_gb)
     t = cfg.train
     whole = t.global_batch_size % (t.micro_batch_size * dp) == 0

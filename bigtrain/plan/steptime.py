@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bigtrain.config.schema import Config
-from bigtrain.plan.params import flops_per_token
+from bigtrain.config.arithmetic import train_flops_per_token
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def step_time(cfg: Config, vocab: int, n: int, world: int, gpus_per_node: int, a
     dp = max(world // tp, 1)
     tokens = t.micro_batch_size * m.seq_len
     rate = hw.peak_tflops * 1e12 * hw.mfu
-    compute = flops_per_token(m, vocab) * tokens / tp / rate
+    compute = train_flops_per_token(m, vocab) * tokens / tp / rate
     compute *= 4 / 3 if m.activation_checkpointing == "full" else 1
     b_dp = (hw.nvlink_gbs if world <= gpus_per_node else hw.ib_gbs) * 1e9
     share = (dp - 1) / dp

@@ -1,19 +1,6 @@
 """Model FLOPs per token and per-device peak FLOP/s: the two halves of MFU.
 
-FLOP model (PaLM, Chowdhery et al. 2022, appendix B), per trained token (forward + backward)::
-
-    6 * N  +  12 * L * C * T
-
-- ``N`` = parameters that take part in a matmul: per layer the fused QKV (C x (H + 2G) D), the
-  attention output (H D x C), the SwiGLU ``fc1`` (C x 2F) and ``fc2`` (F x C); plus the output
-  projection (C x V, counted even when it is tied to the embedding, because the logits matmul runs
-  either way). The embedding *lookup* and the RMSNorm gains are not matmuls and are excluded.
-  ``V`` is the tokenizer's vocabulary, not the padded table: padding rows are an implementation
-  detail, and MFU counts model FLOPs, not executed ones.
-- ``12 * L * C * T``: attention scores QK^T and the weighted sum AV cost 2 * T * C multiply-adds
-  each per token and layer in the forward pass (x3 for forward + backward). Causal masking is not
-  discounted (PaLM's convention), and grouped-query attention does not reduce it (every query
-  head still attends over T keys).
+FLOPs per token: ``train_flops_per_token`` of bigtrain/config/arithmetic.py (PaLM's 6N + 12LCT).
 
 MFU = achieved model FLOP/s per device / peak FLOP/s of that device in the run's precision.
 Peaks are dense (no sparsity) vendor figures, :data:`PEAK_TFLOPS`. On a CPU or an unknown device
@@ -28,8 +15,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
-from bigtrain.config.schema import ModelConfig
 
 # Dense peak TFLOP/s by device-name fragment (first match wins, so specific names come first).
 # bf16/fp16: tensor cores; fp32: plain FP32 (torch does not use TF32 for matmuls by default).
@@ -61,22 +46,6 @@ class Peak:
     @property
     def tflops(self) -> float:
         return self.flops / 1e12
-
-
-def matmul_params(model: ModelConfig, vocab_size: int) -> int:
-    """N: parameters used in matmuls (see the module docstring)."""
-    C, F = model.hidden_size, model.ffn_hidden_size
-    D = C // model.num_heads
-    qkv = C * (model.num_heads + 2 * model.num_kv_heads) * D
-    attn_out = model.num_heads * D * C
-    mlp = C * 2 * F + F * C
-    return model.num_layers * (qkv + attn_out + mlp) + C * vocab_size
-
-
-def train_flops_per_token(model: ModelConfig, vocab_size: int) -> int:
-    """Forward + backward FLOPs per token: 6 * N + 12 * L * C * T."""
-    attention = 12 * model.num_layers * model.hidden_size * model.seq_len
-    return 6 * matmul_params(model, vocab_size) + attention
 
 
 def table_peak(device_name: str, precision: str) -> Peak | None:

@@ -10,7 +10,7 @@ Row keys (a contract: ``grad_norm``, ``mfu``, ``tokens_per_sec``, ``step_time`` 
     skipped, skipped_steps, consecutive_skips, [val_loss, val_ppl, val_tokens], [loss_spike]
 
 ``loss``/``grad_norm`` are null when not finite. ``mfu`` = tokens_per_sec_per_device x
-train_flops_per_token / peak (see flops.py for both). ``mem_gib`` is the largest, over ranks, of the
+train_flops_per_token / peak (config/arithmetic.py, flops.py). ``mem_gib`` is the largest, over ranks, of the
 peak CUDA memory allocated (``mem_kind`` "cuda_max_allocated") or, without CUDA, of the peak
 process RSS ("rss_peak").
 """
@@ -29,7 +29,8 @@ import torch.distributed as dist
 
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
-from bigtrain.train.flops import Peak, measure_peak, peak_flops, train_flops_per_token
+from bigtrain.config.arithmetic import train_flops_per_token
+from bigtrain.train.flops import Peak, measure_peak, peak_flops
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
 
@@ -94,7 +95,7 @@ class MetricsLogger(Callback):
         self.file = self.path.open("a")
         for sink in self.sinks:
             sink.open(trainer.state.step)
-        trainer.say(f"MFU: {self.flops_per_token:,} model FLOPs per token (6N + 12LCT, bigtrain/train/flops.py); "
+        trainer.say(f"MFU: {self.flops_per_token:,} model FLOPs per token (6N + 12LCT, bigtrain/config/arithmetic.py); "
                     f"peak {self.peak.tflops:,.1f} TFLOP/s per device ({self.peak.source})")
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:

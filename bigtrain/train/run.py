@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
@@ -23,7 +24,7 @@ from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
 from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
-from bigtrain.model.llama import padded_vocab_size
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
@@ -141,6 +142,18 @@ def check_precision_supported(cfg: Config) -> None:
                           "support fp16 on this machine (no CUDA device); use train.precision=bf16 or fp32")
 
 
+def check_compile_supported(cfg: Config) -> None:
+    """train.compile needs a C++ compiler (CPU) or triton (CUDA) on the machine that trains: checked here,
+    before any process group, not in config validation (which also runs on login nodes)."""
+    if not cfg.train.compile:
+        return
+    from bigtrain.parallel.optimize import compile_problem
+
+    problem = compile_problem("cuda" if torch.cuda.is_available() else "cpu")
+    if problem:
+        raise ConfigError(f"train.compile=true: {problem}; or set train.compile=false")
+
+
 def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -158,6 +171,7 @@ def pretrain(cfg: Config) -> Trainer:
     check_resumable(cfg, sources[0].manifest)
     check_data_resumable(cfg, sources)
     check_precision_supported(cfg)
+    check_compile_supported(cfg)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
         return train(cfg, world, sources)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.config.schema import ModelConfig
 
 ROWS, COLUMNS, STRIDED_ROWS, REPLICATED = "rows", "columns", "strided_rows", "replicated"

@@ -1,8 +1,8 @@
 """A bigtrain checkpoint as a source of TP=1 tensors, one parameter at a time, whatever its layout.
 
 ``Checkpoint.open(run_or_folder)`` accepts DeepSpeed checkpoints of any ZeRO stage, TP and DP size
-and precision (bigtrain/convert/zero_reader.py), and bigtrain's weights-only safetensors checkpoints
-(bigtrain/convert/native.py). ``full(name, key)`` merges the TP shards of one parameter (or of one
+and precision (bigtrain/checkpoint/zero_reader.py), and bigtrain's weights-only safetensors checkpoints
+(bigtrain/checkpoint/native.py). ``full(name, key)`` merges the TP shards of one parameter (or of one
 of its Adam moments) into the TP=1 tensor; ``shard(name, key, tp, rank)`` cuts it for another
 layout. Everything above this (export, single-process loading, resharding) works per parameter, so
 no caller ever needs more than one parameter of the model in memory besides what it builds.
@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bigtrain.checkpoint.manager import CheckpointError, read_meta, resolve_checkpoint
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.manager import read_meta, resolve_checkpoint
 from bigtrain.config.load import ConfigError, from_dict
 from bigtrain.config.schema import ModelConfig
-from bigtrain.convert import native, zero_reader
-from bigtrain.convert.layout import merge_param, pad_vocab, split_param
-from bigtrain.model.llama import padded_vocab_size
+from bigtrain.checkpoint import native, zero_reader
+from bigtrain.checkpoint.layout import merge_param, pad_vocab, split_param
+from bigtrain.config.arithmetic import padded_vocab_size
 
 VOCAB_ROWS = ("embed.weight", "lm_head.weight")
 META_KEYS = ("tensor_parallel", "precision", "vocab_size", "model")

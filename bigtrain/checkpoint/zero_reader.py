@@ -25,52 +25,30 @@ Where the tensors live depends on the ZeRO stage in ``meta.json`` (``{p}`` = ``b
 
 This is the layout DeepSpeed's own ``deepspeed/utils/zero_to_fp32.py`` reconstructs; that script
 refuses tensor-parallel checkpoints and reads no moments, hence this module. Files are loaded with
-``torch.load(weights_only=True)`` allowing only the DeepSpeed classes of ``allowed_globals()``.
+``torch.load(weights_only=True)`` allowing only the DeepSpeed classes of ``safe_load.deepspeed_classes()``.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
+from bigtrain.checkpoint.safe_load import deepspeed_classes, torch_load
+from bigtrain.config.arithmetic import optimizer_order
 
 KEYS = ("fp32", "exp_avg", "exp_avg_sq")
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def allowed_globals() -> list[type]:
-    """The only non-torch objects DeepSpeed (0.19) pickles into its checkpoint files."""
-    from bigtrain.parallel.dsenv import import_deepspeed
-
-    import_deepspeed()  # DeepSpeed's process-wide settings first (CPU accelerator, quiet logger)
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum,  # optimizer_state_dict["zero_stage"]
-            LossScaler,  # optimizer_state_dict["loss_scaler"] (fp32 and ZeRO-3 too)
-            fragment_address]  # optimizer_state_dict["param_slice_mappings"] (ZeRO-1/2, bf16)
-
-
 def load_file(path: Path) -> dict:
-    """torch.load with weights_only=True and the DeepSpeed allowlist; a clear error if unreadable."""
+    """A DeepSpeed file, weights-only with DeepSpeed's classes (safe_load.py), memory-mapped."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
-    allowed = allowed_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        names = [f"{c.__module__}.{c.__qualname__}" for c in allowed]
-        raise CheckpointError(f"{path} holds objects outside tensors and the allowed DeepSpeed classes "
-                              f"{names}; refusing to unpickle it ({str(exc).splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt: {exc}") from exc
+    return torch_load(path, deepspeed_classes(), mmap=True)
 
 
 def model_file(stage: int, tp_rank: int, dp_rank: int = 0) -> str:
@@ -102,11 +80,6 @@ def check_complete(folder: Path, meta: dict) -> None:
             f"checkpoint {folder} is incomplete: meta.json says tensor_parallel={meta['tensor_parallel']}, "
             f"data_parallel={meta['data_parallel']}, zero_stage={meta['zero_stage']}, precision={meta['precision']}, "
             f"but {len(missing)} DeepSpeed file(s) are missing: {', '.join(missing)}")
-
-
-def is_no_decay(name: str) -> bool:
-    """bigtrain's param groups (bigtrain/parallel/engine.py): norms are not decayed, in group 1."""
-    return name.endswith("norm.weight")
 
 
 class FlatStream:
@@ -182,8 +155,8 @@ class ZeroRank:
         if key == "fp32":
             return self.module()[name].float().clone()
         state = self.stage0_optimizer()["state"]
-        names = [n for n in self.shapes if not is_no_decay(n)] + [n for n in self.shapes if is_no_decay(n)]
-        return state[names.index(name)][key].float().clone()
+        index = optimizer_order(self.shapes).index(name)  # torch AdamW numbers params across its groups
+        return state[index][key].float().clone()
 
     def stage0_optimizer(self) -> dict:
         opt = self.model_states.get("optimizer")

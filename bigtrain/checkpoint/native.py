@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from bigtrain.checkpoint.manager import CheckpointError
+from bigtrain.checkpoint.errors import CheckpointError
 
 WEIGHTS_FORMAT = "bigtrain-safetensors/1"
 
