@@ -4,7 +4,6 @@ import warnings as _warnings
 
 __version__ = "0.1.0"
 
-# megatron-core warns at import and on first use about GPU-only extras bigtrain does not use
-# (Transformer Engine/Apex fused kernels; CUDA_DEVICE_MAX_CONNECTIONS for its async all-reduce).
+# megatron-core warns at import about GPU-only extras bigtrain does not use (Transformer Engine/Apex
+# fused kernels). Its CUDA_DEVICE_MAX_CONNECTIONS warning is not hidden: init_world sets it for TP > 1.
 _warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-_warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*")

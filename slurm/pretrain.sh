@@ -67,6 +67,9 @@ echo "[slurm/pretrain.sh] job $SLURM_JOB_ID start $((restart + 1)) on $SLURM_JOB
      "$SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT: $CONFIG $*"
 
 # One task per GPU. RANK/LOCAL_RANK/WORLD_SIZE are per task, so they are set inside each task.
+# Each rank picks its GPU itself (bigtrain/parallel/world.py: LOCAL_RANK of the GPUs it sees, or 0 when
+# it sees one, as with --gpus-per-task=1) and, for parallel.tensor_parallel > 1, sets
+# CUDA_DEVICE_MAX_CONNECTIONS=1 before CUDA starts (megatron's TP all-reduce/GEMM overlap needs it).
 # --wait=120: once one task has exited, the others get 120 s, then are killed: a crashed rank does not
 # leave the rest hung in a collective. (Not --kill-on-bad-exit: it would kill ranks that are about to
 # exit 75 themselves, and srun would then report 143 instead of 75.)

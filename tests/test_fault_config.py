@@ -16,7 +16,7 @@ from bigtrain.parallel.engine import build_ds_config
     ("train.max_consecutive_skips=-1", "train.max_consecutive_skips must be >= 0 (0 = never stop)"),
     ("train.spike_threshold=0.5", "train.spike_threshold must be > 1"),
     ("train.watchdog_timeout_s=-5", "train.watchdog_timeout_s must be >= 0 (0 = off)"),
-    ("train.precision=fp8", "train.precision must be one of ('fp32', 'bf16', 'fp16'), got 'fp8'"),
+    ("train.precision=fp8", "train.precision must be one of ('auto', 'fp32', 'bf16', 'fp16'), got 'fp8'"),
 ])
 def test_bad_fault_tolerance_keys_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -53,8 +53,8 @@ def test_small_layout_by_hand():
     # mlp 4*4*176/2 = 1408 -> block 2*772 + 584 + 1408 = 3536; output norm 772 + 17;
     # x 128 tokens, + RoPE cache 8*16*64, + padding mask 1024/2 (no checkpointing: nothing recomputed)
     assert mem["activations"] == 128 * (2 * 3536 + 772 + 17) + 8 * 16 * 64 + 512 == 1014912
-    # logits: fp32 logits + their padding-masked copy (megatron's softmax and gradient reuse the latter): 8 B x V/t
-    assert mem["logits"] == 8 * 128 * 1024 // 2
+    # logits: fp32, masked in place, turned by megatron's loss into the softmax and the gradient: 4 B x V/t
+    assert mem["logits"] == 4 * 128 * 1024 // 2
     # buckets min(1000, P) * (4 + 4); ZeRO-3 gathers the embedding (the largest unit) + a 1000-element prefetch
     assert mem["buffers"] == 1000 * 8 and mem["zero3_gathered"] == 4 * (32768 + 1000)
     assert mem["reserve"] == 0 and mem["total"] == sum(v for k, v in mem.items() if k != "total")

@@ -49,7 +49,7 @@ def predicted_held(tp: int, case: dict) -> int:
     vpad = padded_vocab_size(1000, 128, tp)
     a = 4 if case["precision"] == "fp32" else 2
     acts = activation_bytes(cfg.model, 1000, vpad, tp, case["sp"], a, 2, case["mode"], case["kernel"])
-    return acts["held"] + logits_bytes(1000, vpad, tp, a, 2 * 64)["held"]
+    return acts["held"] + logits_bytes(vpad, tp, case["precision"], 2 * 64)["held"]
 
 
 def test_activation_figures_within_10_percent_of_measured(measured):

@@ -14,6 +14,7 @@ import dataclasses
 from bigtrain.bench.sizes import get_size
 from bigtrain.config.load import load_config, parse_override
 from bigtrain.config.schema import Config
+from bigtrain.config.validate import resolve_precision
 
 MICRO_BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -30,7 +31,7 @@ def bench_config(size_name: str, device_type: str, overrides: list[str], world_s
                 "train.warmup_steps=2", "train.lr=3e-4", "log.tensorboard=false",
                 "checkpoint.every=0", "checkpoint.save_final=false", f"run.dir=runs/bench/{size_name}",
                 f"train.micro_batch_size={size.micro_batch}", f"train.global_batch_size={size.micro_batch}"]
-    cfg = load_config(None, [*defaults, *overrides])
+    cfg = resolve_precision(load_config(None, [*defaults, *overrides]), device_type == "cuda")
     source = "config" if given(overrides, "train.micro_batch_size") else "preset"
     if source == "preset" and device_type == "cuda":
         planned = plan_micro_batch(cfg, world_size)

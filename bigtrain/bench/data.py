@@ -40,7 +40,10 @@ class Recorder:
         self.loader = loader
         self.seen: list[torch.Tensor] = []
 
-    def next_step(self) -> list[torch.Tensor]:
-        batches = self.loader.next_step()
+    def take_step(self) -> tuple[list[torch.Tensor], list]:
+        batches, notes = self.loader.take_step()
         self.seen.extend(batches)
-        return batches
+        return batches, notes
+
+    def settle_step(self, skipped: int, problems: int, notes: list) -> None:
+        self.loader.settle_step(skipped, problems, notes)

@@ -42,6 +42,15 @@ def needs_reshard(meta: dict, tensor_parallel: int, data_parallel: int, zero_sta
     return meta.get("weights_only", False) or layout_of(meta) != here
 
 
+def adam_step(step: int, param: torch.Tensor, group: dict) -> torch.Tensor:
+    """Adam's ``step`` count as torch itself creates it (torch/optim/adam.py ``_init_group``): on the
+    parameter's device for fused or capturable Adam (the fused CUDA kernel reads it there and does not
+    check; a CPU tensor is a device error or a memory fault), else a CPU scalar."""
+    if group.get("fused") or group.get("capturable"):
+        return torch.tensor(float(step), dtype=torch.float32, device=param.device)
+    return torch.tensor(float(step), dtype=torch.get_default_dtype())
+
+
 class OptimizerAdapter:
     """Where one DeepSpeed optimizer wrapper keeps its fp32 master partitions and how to refresh the model."""
 
@@ -66,8 +75,10 @@ class OptimizerAdapter:
     def init_adam_state(self, step: int) -> None:
         """The state Adam would create at its first step, with ``step`` steps already taken."""
         as_tensor = isinstance(self.base, torch.optim.Adam | torch.optim.AdamW)
+        # fused/capturable are optimizer-wide here (ds_config "fused"); ZeRO-3 swaps each flat into its
+        # param group only for the duration of its step, so look them up in the defaults, not the groups
         for flat in self.flats:
-            self.base.state[flat] = {"step": torch.tensor(float(step)) if as_tensor else step,
+            self.base.state[flat] = {"step": adam_step(step, flat, self.base.defaults) if as_tensor else step,
                                      "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
         if hasattr(self.opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2, bf16: point fragments at it
             self.opt._hp_optimizer_states_linked = False

@@ -38,6 +38,19 @@ from bigtrain.config.schema import ModelConfig
 NO_DECAY_SUFFIX = "norm.weight"  # RMSNorm gains: 1-D, not decayed
 
 
+# Bytes per (token x local vocabulary) element that the output layer and the loss hold in training, by
+# precision (bigtrain/model/llama.py's forward + megatron's vocab_parallel_cross_entropy; for the plan):
+# "forward" at the loss's peak, "saved" from forward to backward, "backward" at the gradient's peak.
+# bf16/fp16: the lm_head output (2) and its fp32 copy (4) meet once; megatron's cross entropy then works
+# in place on the copy (max-subtract, exp) and saves it as exp_logits (4); its backward turns that buffer
+# into the fp32 gradient in place, which autograd casts to a bf16 gradient (2) for lm_head's backward.
+# fp32: ``.float()`` is the same tensor and everything happens in it (4). The vocabulary-padding mask is
+# applied in place (no copy). What remains above the 2-byte logits of bf16 is the fp32 loss math itself.
+LOGIT_BYTES = {"fp32": {"forward": 4, "saved": 4, "backward": 4},
+               "bf16": {"forward": 6, "saved": 4, "backward": 6},
+               "fp16": {"forward": 6, "saved": 4, "backward": 6}}
+
+
 def padded_vocab_size(vocab_size: int, pad_multiple: int, tensor_parallel: int) -> int:
     """Rows of the embedding table: independent of TP for TP sizes dividing ``pad_multiple``."""
     multiple = math.lcm(pad_multiple, tensor_parallel)

@@ -110,6 +110,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: int = doc(40, "Optimizer steps to run.")
+    stop_at: int = doc(0, "Stop after this step (checkpoint saved, exit 0) without changing the schedule, which "
+                       "still runs to train.steps; a later run without it continues. Used by `bigtrain sweep`'s "
+                       "successive halving (rungs). 0 = run to train.steps.")
     global_batch_size: int = doc(8, "Sequences per optimizer step, over all data-parallel ranks.")
     micro_batch_size: int = doc(2, "Sequences per forward/backward on one rank; the rest is accumulation.")
     lr: float = doc(3e-3, "Peak learning rate (AdamW).")
@@ -126,8 +129,9 @@ class TrainConfig:
     compile: bool = doc(False, "torch.compile (inductor) the layers' parameter-free math: RMSNorm, RoPE + attention, "
                         "SwiGLU (parameter names unchanged; needs a C++ compiler on CPU, Triton on CUDA). See "
                         "bigtrain/parallel/optimize.py.")
-    precision: str = doc("fp32", "fp32, bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) or fp16 "
-                         "(fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
+    precision: str = doc("auto", "auto (bf16 on CUDA, fp32 on CPU; the resolved value is written to config.yaml), "
+                         "fp32 (TF32 matmuls on CUDA), bf16 (bf16 weights/compute, fp32 master weights in DeepSpeed) "
+                         "or fp16 (fp32 master weights + dynamic loss scaling, ds_configs/fp16.json; needs a GPU).")
     max_consecutive_skips: int = doc(
         5, "Stop (checkpoint of the last good weights, exit status 3) after this many consecutive steps skipped "
         "for a non-finite loss or gradient; 0 = never stop.")

@@ -6,18 +6,32 @@ in the first second with a readable message instead of a shape error after the N
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import ACTIVATION_CHECKPOINTING, ATTENTION_BACKENDS, Config
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "nccl", "gloo")
+# kernels that need CUDA, and those of them that compute only in bf16/fp16 there
+CUDA_ONLY_ATTENTION = ("efficient", "cudnn", "flash_attn")
+HALF_ONLY_ATTENTION_ON_CUDA = ("flash", "cudnn", "flash_attn")
 
 
-def validate(cfg: Config, world_size: int | None = None) -> None:
-    """Raise ConfigError on the first problem found. ``world_size`` enables the layout checks."""
+def resolve_precision(cfg: Config, cuda: bool) -> Config:
+    """``train.precision=auto`` -> bf16 on CUDA (fp32 master weights in DeepSpeed), fp32 on CPU."""
+    if cfg.train.precision != "auto":
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="bf16" if cuda else "fp32"))
+
+
+def validate(cfg: Config, world_size: int | None = None, cuda: bool | None = None) -> None:
+    """Raise ConfigError on the first problem found. ``world_size`` enables the layout checks,
+    ``cuda`` (whether this machine trains on CUDA) the device checks (:func:`device_errors`)."""
     errors = config_errors(cfg, world_size)
+    if cuda is not None and cfg.train.precision in PRECISIONS:
+        errors += device_errors(cfg, cuda)
     if errors:
         raise ConfigError(errors[0] if len(errors) == 1 else
                           "invalid configuration:\n  - " + "\n  - ".join(errors))
@@ -69,6 +83,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    need(0 <= t.stop_at <= t.steps, f"train.stop_at must be in [0, train.steps={t.steps}] (0 = off), got {t.stop_at}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
     errors += fault_tolerance_errors(cfg)
@@ -92,6 +107,30 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
                  f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
                  f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp}) = "
                  f"{t.micro_batch_size * dp}")
+    return errors
+
+
+def device_errors(cfg: Config, cuda: bool) -> list[str]:
+    """What this device cannot run: backend, precision and attention kernel (precision resolved first)."""
+    p, precision, kernel = cfg.parallel, resolve_precision(cfg, cuda).train.precision, cfg.model.attention_backend
+    errors = []
+    if p.backend == "gloo" and cuda:
+        errors.append("parallel.backend=gloo on a machine with CUDA: bigtrain would put the batches on the CPU "
+                      "while DeepSpeed puts the model on the GPU. Use parallel.backend=auto (nccl), or hide the "
+                      "GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU")
+    if p.backend == "nccl" and not cuda:
+        errors.append("parallel.backend=nccl needs CUDA, and this machine has no CUDA device: use "
+                      "parallel.backend=auto (gloo on CPU)")
+    if precision == "fp16" and not cuda:
+        errors.append("train.precision=fp16 needs CUDA (DeepSpeed's fp16 loss scaling), and this machine has no "
+                      "CUDA device: use train.precision=bf16 or fp32")
+    if kernel in CUDA_ONLY_ATTENTION and not cuda:
+        errors.append(f"model.attention_backend={kernel} needs CUDA, and this machine has no CUDA device: use "
+                      "model.attention_backend=auto, math or flash (PyTorch's CPU flash kernel)")
+    elif kernel in HALF_ONLY_ATTENTION_ON_CUDA and cuda and precision == "fp32":
+        errors.append(f"model.attention_backend={kernel} computes only in bf16/fp16 on CUDA, but train.precision="
+                      f"{cfg.train.precision} (fp32): use train.precision=bf16, or model.attention_backend=auto "
+                      "or efficient")
     return errors
 
 

@@ -7,9 +7,10 @@ loader built with that state continues the exact sequence, for any number of ran
 workers (a restarted loader starts again at worker 0 with the resumed position: no per-worker state).
 With 0 workers the stream is read directly (a DataLoader would only add per-batch overhead).
 
-:meth:`TrainLoader.next_step` fetches all micro-batches of a step before any compute and makes the
-ranks agree on corrupt shards (one all-reduce), so a rank that hit a bad shard never leaves the
-others waiting in a collective.
+:meth:`TrainLoader.take_step` fetches all micro-batches of a step before any compute; the training
+step carries their notes (corrupt shards) in its one agreement after the backward and then calls
+:meth:`TrainLoader.settle_step`, so all ranks stop together on a bad shard and none is left waiting in
+a collective (train/step.py). :meth:`TrainLoader.next_step` does both with its own agreement.
 """
 
 from __future__ import annotations
@@ -28,21 +29,35 @@ from bigtrain.data.reader import ShardReader
 from bigtrain.data.sources import Source
 from bigtrain.data.stream import Chunk, Note, StreamSpec, TrainStream
 
-__all__ = ["ShardReader", "StreamSpec", "TrainLoader", "TrainStream", "agree", "state_problems"]
+__all__ = ["ShardReader", "StreamSpec", "TrainLoader", "TrainStream", "agree", "gather_names", "state_problems"]
 STATE_FORMAT = "bigtrain-data-stream/1"
+
+
+def local_names(notes: list[Note | None]) -> tuple[list[str], list[str]]:
+    """(corrupt shards, errors) this rank met."""
+    notes = [n for n in notes if n is not None]
+    return sorted({p for n in notes for p in n.corrupt}), sorted({e for n in notes for e in n.errors})
+
+
+def gather_names(notes: list[Note | None]) -> tuple[list[str], list[str]]:
+    """Collective: (corrupt shards, errors) met by any rank, the same on every rank."""
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local_names(notes))
+    return (sorted({path for paths, _ in everyone for path in paths}),
+            sorted({msg for _, msgs in everyone for msg in msgs}))
 
 
 def agree(notes: list[Note | None], dp_size: int, device: torch.device,
           collective: bool) -> tuple[int, list[str], list[str]]:
     """(skipped samples, corrupt shards, errors) summed over all ranks: the same answer on every rank.
 
-    One all-reduce per step; the names are gathered only when some rank met a corrupt shard. Ranks of
-    one data-parallel group (tensor-parallel peers) read the same samples: counts are divided by them.
+    One all-reduce; the names are gathered only when some rank met a corrupt shard. Ranks of one
+    data-parallel group (tensor-parallel peers) read the same samples: counts are divided by them.
+    (The training step does not call this: its notes travel in the step's one agreement.)
     """
     notes = [n for n in notes if n is not None]
     skipped = sum(n.skipped for n in notes)
-    corrupt = sorted({p for n in notes for p in n.corrupt})
-    errors = sorted({e for n in notes for e in n.errors})
+    corrupt, errors = local_names(notes)
     if not collective:
         return skipped, corrupt, errors
     counts = torch.tensor([skipped, len(corrupt) + len(errors)], dtype=torch.float64, device=device)
@@ -50,10 +65,8 @@ def agree(notes: list[Note | None], dp_size: int, device: torch.device,
     replicas = dist.get_world_size() // dp_size
     if counts[1].item() == 0:
         return round(counts[0].item() / replicas), [], []
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, (corrupt, errors))
-    return (round(counts[0].item() / replicas), sorted({path for paths, _ in everyone for path in paths}),
-            sorted({msg for _, msgs in everyone for msg in msgs}))
+    corrupt, errors = gather_names(notes)
+    return round(counts[0].item() / replicas), corrupt, errors
 
 
 class TrainLoader:
@@ -95,20 +108,32 @@ class TrainLoader:
             self._pending = next(self._chunks).batches()[::-1]
         return self._pending.pop()
 
-    def next_step(self) -> list[torch.Tensor]:
-        """The ``accum`` micro-batches (tokens) of the next step, agreed clean by every rank.
-
-        Raises :class:`DataStop` (on every rank at once) when a rank met a corrupt shard under
-        ``on_corrupt=stop``; the position then stays at the last completed step.
-        """
+    def take_step(self) -> tuple[list[torch.Tensor], list[Note]]:
+        """The ``accum`` micro-batches (tokens) of the next step and their notes (corrupt samples),
+        without agreeing with other ranks: the training step puts the notes into its one agreement
+        and then calls :meth:`settle_step`. The position advances only there."""
         if self._chunks is None:
             self._chunks = self._start()
         batches = [self._next_batch() for _ in range(self.spec.accum)]
-        notes = [note for _, note in batches if note is not None]
+        return [tokens for tokens, _ in batches], [note for _, note in batches if note is not None]
+
+    def settle_step(self, skipped: int, problems: int, notes: list[Note]) -> None:
+        """Account the step the ranks agreed on: ``skipped`` samples and ``problems`` (corrupt shards and
+        errors, summed over ranks; when non-zero, their names are gathered: a collective). Raises
+        :class:`DataStop` (on every rank at once) if a rank met a corrupt shard under ``on_corrupt=stop``;
+        the position then stays at the last completed step."""
+        corrupt, errors = gather_names(notes) if problems and self._collective else local_names(notes)
+        self._account(skipped, corrupt, errors)
+        self.position += self.spec.global_batch
+
+    def next_step(self) -> list[torch.Tensor]:
+        """:meth:`take_step` and :meth:`settle_step` with their own agreement (one all-reduce when
+        ``collective``): for callers outside the training step (benchmarks, tests)."""
+        tokens, notes = self.take_step()
         if notes or self._collective:  # one process with clean data has nothing to agree on
             self._account(*agree(notes, self.spec.dp_size, self.device, self._collective))
         self.position += self.spec.global_batch
-        return [tokens for tokens, _ in batches]
+        return tokens
 
     def _account(self, skipped: int, corrupt: list[str], errors: list[str]) -> None:
         if errors:

@@ -1,4 +1,5 @@
-"""Cluster launchers: submitit jobs (``bigtrain submit``). The SLURM rendezvous they share with
+"""Cluster launchers: submitit jobs (``bigtrain submit``) and hyper-parameter sweeps as job arrays
+(``bigtrain sweep``, :mod:`bigtrain.launch.sweep`). The SLURM rendezvous they share with
 ``slurm/pretrain.sh`` is bigtrain/parallel/rendezvous.py. See docs/cluster.md.
 
     from bigtrain.launch import submit

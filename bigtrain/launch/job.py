@@ -11,6 +11,7 @@ Timeout and preemption (submitit's signal, USR2 by default, arrives in every tas
    "timed-out too many times"; the other ranks exit without writing a result;
 3. the requeued job resumes from the latest complete checkpoint in ``run.dir``.
 
+``SIGUSR1`` (``scancel --signal=USR1``, as for ``slurm/pretrain.sh``) is handed to submitit the same way.
 A stop caused only by SIGTERM (``scancel``, or a preemption without the user signal) saves the
 checkpoint but does not requeue: cancelling stays cancelling, and SLURM requeues preemptions itself.
 A run stopped by a fault (``trainer.failed``: non-finite steps) fails the job; so does the hang
@@ -75,7 +76,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
         from bigtrain.train.signals import SignalStop
 
         received = next(cb.received for cb in trainer.callbacks if isinstance(cb, SignalStop))
-        if env.global_rank == 0 and sig.name in received and callable(submitit_handler):
+        # USR1 too: slurm/pretrain.sh's "save and requeue now" (`scancel --signal=USR1`) means the same here
+        if env.global_rank == 0 and {sig.name, "SIGUSR1"} & set(received) and callable(submitit_handler):
             print(f"checkpoint saved at step {trainer.state.step}; handing {sig.name} to submitit", flush=True)
             submitit_handler(sig, None)  # requeues and exits, or raises UncompletedJobError
         raise SystemExit(REQUEUE_EXIT_CODE)  # no result file: the job is not finished

@@ -14,14 +14,22 @@ Tensor-parallel layouts (also what the HF converter undoes, see bigtrain/checkpo
 - the vocabulary is padded to a multiple of ``vocab_pad_multiple`` (and of TP); logits of padding
   rows are masked out of the loss, so the padding never changes the model's function.
 
-With ``use_cpu_initialization`` every rank draws the *full* master weight of each layer from the
-global RNG and keeps its slice, so the initial model is identical for every TP size.
-
 Sequence parallelism (``tp.sequence_parallel``, bigtrain/parallel/sequence.py): the residual stream is
 sharded along the sequence in megatron's sequence-first layout, (T/tp, B, C). The embedding reduce-scatters
 its output into it, megatron's linears gather before and reduce-scatter after the attention and MLP, the
 output layer gathers the whole sequence, and the loss is computed on (T, B). Parameters and their names
 do not change: a checkpoint does not know whether SP was on.
+
+With ``use_cpu_initialization`` every rank draws the *full* master weight of each layer and keeps
+its slice, so the initial model is identical for every TP size. :func:`normal_init` draws it in fp32
+on the CPU from the global CPU generator (``train.seed``) whatever device or dtype megatron's buffer has:
+under ZeRO-3's ``zero.Init`` that buffer is created on ``cuda:LOCAL_RANK`` (and in bf16 for bf16
+runs), which would otherwise draw from the CUDA RNG. So the initial weights are the same for every
+ZeRO stage, TP size and device. Cost: every rank draws every layer whole: ~N fp32 normals per rank
+for an N-parameter model (8B: ~8e9 draws, tens of seconds of CPU per rank, and a transient fp32
+buffer of the largest layer, 2 GiB for a 128k x 4096 embedding) — paid once, at construction.
+
+Logit buffers per (token x local vocabulary) element: ``LOGIT_BYTES`` in bigtrain/config/arithmetic.py.
 """
 
 from __future__ import annotations
@@ -42,7 +50,14 @@ PAD_LOGIT = -1.0e30  # exp() underflows to exactly 0 in fp32 and bf16
 
 
 def normal_init(std: float):
-    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
+    """N(0, std) drawn in fp32 on the CPU from the global CPU generator, then copied into ``weight``
+    (any device or dtype; see the module docstring for why)."""
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        # .float(): under zero.Init a bf16 run's constructors return bf16 even for a CPU tensor
+        draw = torch.empty(weight.shape, device="cpu").float().normal_(mean=0.0, std=std)
+        with torch.no_grad():
+            return weight.copy_(draw)
+    return init
 
 
 class RMSNorm(nn.Module):
@@ -167,23 +182,23 @@ class LlamaModel(nn.Module):
         x = self.norm(x)
         weight = self.embed.weight if self.cfg.tie_embeddings else None
         logits, _ = self.lm_head(x, weight=weight)  # (B, T, V/tp); sequence parallel: gathered, (T, B, V/tp)
-        logits = self.mask_padding(logits)
-        if self.sequence_parallel:
-            if labels is None:
-                return logits.transpose(0, 1)
-            return cross_entropy(logits, labels.t().contiguous(), self.tp).t()
         if labels is None:
-            return logits
-        return cross_entropy(logits, labels, self.tp)
+            logits = self.mask_padding_(logits)
+            return logits.transpose(0, 1) if self.sequence_parallel else logits
+        # fp32 for the loss (the same tensor in fp32 runs), masked in place; megatron's cross entropy then
+        # works in place on it: bigtrain/config/arithmetic.py LOGIT_BYTES
+        if self.sequence_parallel:  # the loss on (T, B), returned as (B, T)
+            return cross_entropy(self.mask_padding_(logits.float()), labels.t().contiguous(), self.tp).t()
+        return cross_entropy(self.mask_padding_(logits.float()), labels, self.tp)
 
-    def mask_padding(self, logits: torch.Tensor) -> torch.Tensor:
-        """Give padding rows of the vocabulary a logit of -1e30 so they carry no probability."""
+    def mask_padding_(self, logits: torch.Tensor) -> torch.Tensor:
+        """In place: padding rows of the vocabulary get a logit of -1e30, so they carry no probability."""
         if self.padded_vocab_size == self.vocab_size:
             return logits
         shard = logits.shape[-1]
         start = self.lm_head_rank() * shard
         ids = torch.arange(start, start + shard, device=logits.device)
-        return logits.masked_fill(ids >= self.vocab_size, PAD_LOGIT)
+        return logits.masked_fill_(ids >= self.vocab_size, PAD_LOGIT)
 
     def lm_head_rank(self) -> int:
         return self.embed.vocab_start_index // self.embed.num_embeddings_per_partition

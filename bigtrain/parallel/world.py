@@ -69,25 +69,69 @@ def pick_backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def cuda_device_index(local_rank: int, device_count: int, visible: str | None = None,
+                      local_world_size: int | None = None) -> int:
+    """The CUDA device of this rank, from its launcher's LOCAL_RANK and the devices this process sees.
+
+    ``srun --gpus-per-task=1`` (or ``--gpu-bind``) shows each task only its own GPU: index 0, whatever
+    its LOCAL_RANK. torchrun/deepspeed and ``srun --gpus-per-node`` show every GPU of the node: index
+    LOCAL_RANK. ``visible`` is CUDA_VISIBLE_DEVICES and ``local_world_size`` the ranks on this host
+    (if known), only to name the problem when neither rule fits.
+    """
+    where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    if device_count < 1:
+        raise RuntimeError(f"no CUDA device visible to this process ({where})")
+    if device_count == 1 and (local_world_size or 1) > 1 and visible is None:
+        raise RuntimeError(f"{local_world_size} ranks on this host share its only CUDA device: start one rank "
+                           "per GPU (or give each task its own GPU: srun --gpus-per-task=1)")
+    if device_count == 1:
+        return 0
+    if local_rank < device_count:
+        return local_rank
+    raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {device_count} CUDA devices ({where}): "
+                       "start at most one rank per visible GPU")
+
+
+def local_world_size(env=os.environ) -> int | None:
+    """Ranks on this host, as the launcher tells it (torchrun/deepspeed, or srun), else None."""
+    value = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "")
+    return int(value) if value.isdigit() else None
+
+
 def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 30) -> World:
-    """Initialise torch.distributed (through DeepSpeed) and megatron's TP/DP groups."""
+    """Initialise torch.distributed (through DeepSpeed) and megatron's TP/DP groups.
+
+    On CUDA, LOCAL_RANK in the environment becomes this rank's device index (:func:`cuda_device_index`):
+    DeepSpeed's engine, ``zero.Init`` and ``init_process_group(device_id=...)`` all read it as one.
+
+    With TP > 1, ``CUDA_DEVICE_MAX_CONNECTIONS=1`` (unless the launcher set it): megatron's
+    ColumnParallelLinear backward starts the TP all-reduce of the input gradient asynchronously and
+    then computes the weight gradient, relying on one hardware queue so the all-reduce is scheduled
+    first and overlaps the GEMM (megatron/core/tensor_parallel/layers.py). The driver reads it when
+    the CUDA context is created, which no bigtrain code does before this point. Not set for TP = 1:
+    it would funnel DeepSpeed's separate communication streams into one queue.
+    """
     from megatron.core import parallel_state
 
     from bigtrain.parallel.dsenv import import_deepspeed
 
     launch = launch_env()
+    if tensor_parallel > 1:
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")  # before any CUDA context: see below
     standalone = is_standalone(launch)
     env = [("RANK", launch.rank), ("WORLD_SIZE", launch.world_size), ("LOCAL_RANK", launch.local_rank)]
     if not standalone:
         env += [("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port)]
+    backend = pick_backend(backend)
+    device = torch.device("cpu")
+    if backend == "nccl":
+        index = cuda_device_index(launch.local_rank, torch.cuda.device_count(),
+                                  os.environ.get("CUDA_VISIBLE_DEVICES"), local_world_size())
+        env[2] = ("LOCAL_RANK", index)
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     for key, value in env:
         os.environ[key] = str(value)
-    backend = pick_backend(backend)
-    if backend == "nccl":
-        torch.cuda.set_device(launch.local_rank)
-        device = torch.device("cuda", launch.local_rank)
-    else:
-        device = torch.device("cpu")
     deepspeed = import_deepspeed()
     timeout = timedelta(minutes=timeout_min)
     if standalone and not torch.distributed.is_initialized():
@@ -99,7 +143,10 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
                                    timeout=timeout, rank=launch.rank,
                                    world_size=launch.world_size)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+        # no gloo twins of every group: bigtrain never uses them, and on a multi-node job they are one more
+        # rendezvous over whatever interface gloo picks (a classic hang when that is the wrong one)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                                 create_gloo_process_groups=False)
     return World(
         rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank,
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),

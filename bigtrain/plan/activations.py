@@ -24,9 +24,9 @@ all-gather buffer a*b*s*h (one, reused by every layer). ``model.activation_check
   outputs a*h each (whole: with sequence parallelism the reduce-scatter after them is recomputed) and fc1's 2a*F.
 
 ``activations`` is what is held after forward plus one block's recomputation in backward. The logits
-buffers are separate: the model-dtype logits (a*V/t per token), their padding-masked copy (if the vocabulary
-is padded) and the fp32 copy that megatron's cross entropy turns into the softmax and, in place, into the
-gradient: (4 + a [not fp32] + a [padded]) * b*s*V/t at the peak, 4*b*s*V/t of it held until backward.
+buffers are separate (bigtrain/config/arithmetic.py LOGIT_BYTES): bf16 logits and their fp32 copy, which
+megatron's cross entropy turns in place into the softmax and then the gradient: 6 * b*s*V/t at the peak
+(fp32: 4), 4 * b*s*V/t held until backward; the padding mask is applied in place.
 tests/test_plan_measure.py checks all of this against the bytes the real model keeps, TP 1 and 2.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bigtrain.config.arithmetic import LOGIT_BYTES
 from bigtrain.config.schema import ModelConfig
 
 FLASH_LIKE = ("auto", "flash", "efficient", "cudnn", "flash_attn")
@@ -99,8 +100,9 @@ def activation_bytes(m: ModelConfig, vocab: int, vocab_padded: int, tp: int, sp:
     return {"held": held, "recompute": recompute, "total": held + recompute}
 
 
-def logits_bytes(vocab: int, vocab_padded: int, tp: int, act_bytes: int, tokens: int) -> dict[str, int]:
-    """{held, peak}: the fp32 softmax held until backward, and the peak of the logits copies."""
+def logits_bytes(vocab_padded: int, tp: int, precision: str, tokens: int) -> dict[str, int]:
+    """{held, peak}: what the output layer and the loss hold from forward to backward, and at their peak
+    (bytes per token x local vocabulary element: LOGIT_BYTES, the one home of that count)."""
     local = tokens * vocab_padded // tp
-    copies = 4 + (act_bytes if act_bytes != 4 else 0) + (act_bytes if vocab_padded != vocab else 0)
-    return {"held": 4 * local, "peak": copies * local}
+    per = LOGIT_BYTES[precision]
+    return {"held": per["saved"] * local, "peak": max(per["forward"], per["backward"]) * local}

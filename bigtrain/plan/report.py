@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bigtrain.config.schema import Config
-from bigtrain.config.validate import config_errors
+from bigtrain.config.validate import config_errors, resolve_precision
 from bigtrain.errors import UserError
 from bigtrain.plan.activations import activation_bytes, logits_bytes
 from bigtrain.plan.advice import candidate_changes, fitting_change
@@ -99,7 +99,7 @@ def memory(cfg: Config, params: ParamCounts, dp: int, vocab: int, vpad: int, res
     acts = activation_bytes(m, vocab, vpad, tp, p.sequence_parallel, a, t.micro_batch_size,
                             m.activation_checkpointing, m.attention_backend)
     mem["activations"] = acts["total"]
-    mem["logits"] = logits_bytes(vocab, vpad, tp, a, t.micro_batch_size * m.seq_len)["peak"]
+    mem["logits"] = logits_bytes(vpad, tp, t.precision, t.micro_batch_size * m.seq_len)["peak"]
     mem["zero3_gathered"] = zero3_gathered_bytes(cfg, max(params.embedding, params.block), n)
     mem["buffers"] = bucket_bytes(cfg, n)
     mem["reserve"] = round(reserve_gb * GIB)
@@ -118,6 +118,7 @@ def make_plan(cfg: Config, nodes: int | None = None, gpus_per_node: int | None =
               gpu_memory_gb: float | None = None, reserve_gb: float = 2.0, hw: Hardware = Hardware(),
               advise: bool = True) -> Plan:
     """Plan ``cfg`` on nodes x gpus_per_node GPUs (default: the recipe's ``cluster`` section)."""
+    cfg = resolve_precision(cfg, cuda=True)  # a plan is for GPUs: train.precision=auto trains in bf16 there
     nodes = cfg.cluster.nodes if nodes is None else nodes
     gpus_per_node = cfg.cluster.gpus_per_node if gpus_per_node is None else gpus_per_node
     gpu_memory_gb = cfg.cluster.gpu_memory_gb if gpu_memory_gb is None else gpu_memory_gb

@@ -80,7 +80,7 @@ class EvalCallback(Callback):
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         step = trainer.state.step
-        if not self.every or (step % self.every and step != trainer.cfg.train.steps):
+        if not self.every or (step % self.every and step not in (trainer.cfg.train.steps, trainer.cfg.train.stop_at)):
             return
         t, w = trainer.cfg.train, trainer.world
         losses, metrics, skipped = [], {}, 0

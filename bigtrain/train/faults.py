@@ -3,8 +3,8 @@
 Skipping (:class:`NonFiniteGuard`). Every rank watches its own values during the step: the loss
 of each micro-batch and, through a tensor hook on every parameter, each local gradient before
 DeepSpeed reduces it (a non-finite local gradient makes the reduced one non-finite too). Before
-the accumulation-boundary ``engine.step()`` the ranks agree (one all-reduce MAX over the world),
-so either every rank updates or none does. A skipped update is gated at the innermost torch
+the accumulation-boundary ``engine.step()`` the ranks agree (two flags, max over the world, in the
+step's one agreement: train/agreement.py), so either every rank updates or none does. A skipped update is gated at the innermost torch
 optimizer (``engine.basic_optimizer.step`` is a no-op for that call) and at the LR scheduler:
 
 - weights, fp32 master weights and Adam moments/step counts stay exactly as after the last good
@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
@@ -70,12 +69,15 @@ class NonFiniteGuard:
             return loss * float("nan")
         return loss
 
-    def agree(self, mean_loss: torch.Tensor) -> str | None:
-        """Collective over the world: "loss" or "grad" if any rank saw a non-finite one, else None."""
-        flags = torch.stack([~torch.isfinite(mean_loss), self.bad_grad]).float()
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        loss_bad, grad_bad = flags.tolist()
-        return "loss" if loss_bad else "grad" if grad_bad else None
+    def contribute(self, agreement, mean_loss: torch.Tensor) -> None:
+        """This rank's non-finite flags into the step's agreement (train/agreement.py; no sync here)."""
+        agreement.set("nonfinite_loss", ~torch.isfinite(mean_loss))
+        agreement.set("nonfinite_grad", self.bad_grad)
+
+    @staticmethod
+    def fault(agreed: dict[str, float]) -> str | None:
+        """From the agreed slots: "loss" or "grad" if any rank saw a non-finite one, else None."""
+        return "loss" if agreed["nonfinite_loss"] else "grad" if agreed["nonfinite_grad"] else None
 
     @contextmanager
     def gate(self, skip: bool) -> Iterator[None]:

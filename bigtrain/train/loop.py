@@ -9,6 +9,7 @@ import torch
 
 from bigtrain.config.schema import Config
 from bigtrain.parallel.world import World
+from bigtrain.train.agreement import Agreement
 from bigtrain.train.progress import Console
 from bigtrain.train.step import StepResult, train_step
 
@@ -55,6 +56,9 @@ class Trainer:
         self.stop_reason: str | None = None
         self.requeue = False  # stopped by a signal: the launcher should requeue the job
         self.failed = False  # stopped by a fault (e.g. too many non-finite steps): exit non-zero
+        # the step's one collective (agreement.py): callbacks add their slots in on_train_start and read
+        # the agreed values from result.agreed in on_step_end, instead of a collective of their own
+        self.agreement = Agreement(world.device, world.tp_rank)
 
     def stop(self, reason: str, requeue: bool = False, failed: bool = False) -> None:
         """End the loop after the current step (callbacks' on_train_end still run: e.g. a final save)."""
@@ -75,7 +79,8 @@ class Trainer:
             self.extra_metrics = {}
             if self.guard is not None:
                 self.guard.begin_step(self.state.step + 1)
-            result = train_step(self.engine, self.batches, self.accum, self.world.device, self.guard)
+            result = train_step(self.engine, self.batches, self.accum, self.world.device, self.guard,
+                                self.agreement)
             self.state.step += 1
             self.state.consumed_samples += self.cfg.train.global_batch_size
             for cb in self.callbacks:

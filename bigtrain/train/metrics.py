@@ -12,7 +12,8 @@ Row keys (a contract: ``grad_norm``, ``mfu``, ``tokens_per_sec``, ``step_time`` 
 ``loss``/``grad_norm`` are null when not finite. ``mfu`` = tokens_per_sec_per_device x
 train_flops_per_token / peak (config/arithmetic.py, flops.py). ``mem_gib`` is the largest, over ranks, of the
 peak CUDA memory allocated (``mem_kind`` "cuda_max_allocated") or, without CUDA, of the peak
-process RSS ("rss_peak").
+process RSS ("rss_peak"), read at the step's agreement after its last backward (the optimizer
+update's own peak shows from the next step on).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class MetricsLogger(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         self.started = time.perf_counter()
         self.first_step = trainer.state.step
+        self.mem_kind = peak_memory(trainer.world.device)[1]
+        # every step, in the step's one agreement (max over ranks): no rank can miss a log step's collective
+        trainer.agreement.add("mem_gib", "max", source=lambda: peak_memory(trainer.world.device)[0])
         if not trainer.world.is_main:
             return
         truncate_metrics(self.path, trainer.state.step)
@@ -99,9 +103,6 @@ class MetricsLogger(Callback):
                     f"peak {self.peak.tflops:,.1f} TFLOP/s per device ({self.peak.source})")
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        mem, mem_kind = peak_memory(trainer.world.device)
-        mem_t = torch.tensor([mem], dtype=torch.float64, device=trainer.world.device)
-        dist.all_reduce(mem_t, op=dist.ReduceOp.MAX)  # every step, so no rank can miss a log step's collective
         if not trainer.world.is_main:
             return
         step, total = trainer.state.step, trainer.cfg.train.steps
@@ -110,7 +111,7 @@ class MetricsLogger(Callback):
         events = trainer.extra_metrics or result.skipped
         if step % self.every and step != total and not events:
             return
-        row = self.row(trainer, result, mem_t.item(), mem_kind)
+        row = self.row(trainer, result, result.agreed["mem_gib"], self.mem_kind)
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         for sink in self.sinks:

@@ -18,7 +18,7 @@ from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_che
 from bigtrain.checkpoint.reshard import restore
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
-from bigtrain.config.validate import validate
+from bigtrain.config.validate import resolve_precision, validate
 from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
@@ -34,6 +34,7 @@ from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
 from bigtrain.train.signals import SignalStop
+from bigtrain.train.stop_at import StopAt
 from bigtrain.train.sinks import build_sinks
 from bigtrain.train.watchdog import Watchdog
 
@@ -165,8 +166,12 @@ def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: 
 
 def pretrain(cfg: Config) -> Trainer:
     """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
+    import torch
+
     launch = launch_env()
-    validate(cfg, launch.world_size)
+    cuda = torch.cuda.is_available()
+    validate(cfg, launch.world_size, cuda=cuda)
+    cfg = resolve_precision(cfg, cuda)  # config.yaml, meta.json and the start line hold bf16/fp32, never auto
     cfg, sources = resolve_data(cfg)
     check_resumable(cfg, sources[0].manifest)
     check_data_resumable(cfg, sources)
@@ -198,6 +203,12 @@ def stop_on_data_error(trainer: Trainer, error: DataStop) -> None:
         cb.on_train_end(trainer)
 
 
+def device_line(world: World, precision: str) -> str:
+    """The start line naming the device and the resolved precision (``train.precision=auto`` included)."""
+    tf32 = " (TF32 matmuls)" if world.device.type == "cuda" and precision == "fp32" else ""
+    return f"training on {world.world_size} x {world.device.type} ({world.backend}), train.precision={precision}{tf32}"
+
+
 def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
@@ -205,6 +216,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
     if world.is_main:
         write_run_dir(run_dir, cfg, sources, ds_config)
+        print(device_line(world, cfg.train.precision), flush=True)
     dist.barrier()
     injector = inject.Injector(world.rank)
     checkpointer = Checkpointer(run_dir, world.is_main, cfg.checkpoint.keep, cfg.checkpoint.keep_every,
@@ -224,6 +236,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
         MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
         SignalStop(),
+        StopAt(t.stop_at),  # before the checkpoint callback: its on_train_end saves the stopped step
         CheckpointCallback(checkpointer, cfg.checkpoint.every, cfg.checkpoint.save_final,
                            lambda trainer: describe(trainer, loader), dump_yaml(cfg), run_dir / "tokenizer"),
     ]

@@ -1,7 +1,8 @@
 """Stop cleanly on SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM sends before a time limit or on preemption).
 
-The handler only sets a flag. After each step the ranks agree (all-reduce MAX) on whether any of
-them was signalled, so every rank stops after the *same* step; the loop then ends, the checkpoint
+The handler only sets a flag. Each step the ranks agree on whether any of them was signalled (a
+``stop_signal`` slot, max over ranks, in the step's one agreement: agreement.py), so every rank
+stops after the *same* step; the loop then ends, the checkpoint
 callback saves, and the process exits with :data:`REQUEUE_EXIT_CODE` so a launcher knows to
 requeue. Further signals during the save are recorded but change nothing.
 """
@@ -9,9 +10,6 @@ requeue. Further signals during the save are recorded but change nothing.
 from __future__ import annotations
 
 import signal
-
-import torch
-import torch.distributed as dist
 
 from bigtrain.train.loop import Callback, Trainer
 from bigtrain.train.step import StepResult
@@ -31,13 +29,12 @@ class SignalStop(Callback):
         self.received.append(signal.Signals(signum).name)
 
     def on_train_start(self, trainer: Trainer) -> None:
+        trainer.agreement.add("stop_signal", "max", source=lambda: 1.0 if self.received else 0.0)
         for sig in self.signals:
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        flag = torch.tensor([1.0 if self.received else 0.0], device=trainer.world.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and trainer.stop_reason is None:
+        if result.agreed.get("stop_signal") and trainer.stop_reason is None:
             names = ",".join(sorted(set(self.received))) or "a signal on another rank"
             trainer.stop(f"received {names}", requeue=True)
 

@@ -1,9 +1,13 @@
-"""One optimizer step: ``accum`` micro-batches of forward/backward, then DeepSpeed's update.
+"""One optimizer step: ``accum`` micro-batches of forward/backward, one agreement, DeepSpeed's update.
 
-Fetching (:func:`fetch`: all micro-batches before any compute) and the update (:func:`update`) are
-separate: the update first agrees on the loss and on numerical faults across ranks (``guard``, see
-faults.py), and only then lets DeepSpeed step at the accumulation boundary, with the optimizer gated
-shut if any rank saw a non-finite value.
+The step reads all its micro-batches first (:func:`fetch`), computes, and only then, after the last
+backward, makes the ranks agree on everything they must share in ONE collective (agreement.py): the
+loss, non-finite flags (``guard``, see faults.py), data problems, and the slots callbacks add (stop
+signals, peak memory, ...). That is the step's only collective and its only device->host
+synchronisation outside DeepSpeed (``grad_norm`` is read only when a row is logged). A rank whose
+batch could not be read (a corrupt shard under ``data.on_corrupt=stop``) still computes, on zeros, so
+it joins every collective the others enter; the agreement then stops all ranks before the update.
+With no fault, DeepSpeed steps at the accumulation boundary; with one, the optimizer is gated shut.
 """
 
 from __future__ import annotations
@@ -11,44 +15,77 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
+
+
+# The step's own agreement slots (agreement.py); callbacks and objectives add theirs.
+STEP_SLOTS = (("loss", "dp_sum"), ("nonfinite_loss", "max"), ("nonfinite_grad", "max"),
+              ("data_skipped", "dp_sum"), ("data_problems", "sum"))
 
 
 @dataclass
 class StepResult:
     loss: float  # mean next-token loss over the global batch (may be nan/inf on a skipped step)
-    grad_norm: float | None  # global gradient norm before clipping (None: not finite / not computed)
+    grad_norm_value: object  # DeepSpeed's global gradient norm (a tensor or float; read via grad_norm)
     lr: float  # learning rate applied in this step
     data_wait: float  # seconds spent waiting for batches
     step_time: float  # wall seconds of the whole step
     skipped: bool = False  # the optimizer update was skipped
     nonfinite: str | None = None  # why: "loss", "grad" (seen by bigtrain), "grad_norm" (DeepSpeed), "loss_scale" (fp16)
+    agreed: dict = field(default_factory=dict)  # every agreement slot's value, the same on every rank
+
+    @property
+    def grad_norm(self) -> float | None:
+        """Global gradient norm before clipping (None: not finite / not computed). A device tensor is
+        read (synchronised) only here, i.e. on the steps that log it."""
+        norm = self.grad_norm_value
+        norm = None if norm is None else float(norm)
+        return norm if norm is not None and math.isfinite(norm) else None
 
 
-def fetch(batches, accum: int) -> list[torch.Tensor]:
-    """All micro-batches of a step, read before any compute. bigtrain's TrainLoader (``next_step``)
-    also makes the ranks agree on data errors here, so none enters a collective another has left."""
+def fetch(batches, accum: int) -> tuple[list[torch.Tensor], list]:
+    """(micro-batches, data notes) of a step, all read before any compute. bigtrain's TrainLoader
+    (``take_step``) does not agree with the other ranks here: its notes go into the step's agreement."""
+    if hasattr(batches, "take_step"):
+        return batches.take_step()
     if hasattr(batches, "next_step"):
-        return batches.next_step()
-    return [next(batches) for _ in range(accum)]
+        return batches.next_step(), []
+    return [next(batches) for _ in range(accum)], []
 
 
-def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None) -> StepResult:
+def step_agreement(agreement, device: torch.device):
+    """The given agreement with the step's slots added, or a new one (a standalone ``train_step``)."""
+    if agreement is None:
+        from bigtrain.train.agreement import Agreement
+
+        tp_rank = parallel_state.get_tensor_model_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
+        agreement = Agreement(device, tp_rank)
+    for name, op in STEP_SLOTS:
+        agreement.add(name, op)
+    return agreement
+
+
+def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None,
+               agreement=None) -> StepResult:
     start = time.perf_counter()
-    micro_batches = fetch(batches, accum)
+    agreement = step_agreement(agreement, device)
+    micro_batches, notes = fetch(batches, accum)
     data_wait = time.perf_counter() - start
+    unreadable = any(note.errors for note in notes)  # compute on zeros: join the others' collectives
     total = torch.zeros((), device=device)
     for i, tokens in enumerate(micro_batches):
-        tokens = tokens.to(device, non_blocking=True).long()  # (M, T+1); shards hold uint16/uint32
+        tokens = (torch.zeros_like(tokens) if unreadable else tokens).to(device, non_blocking=True).long()  # (M, T+1)
         total += forward_backward(engine, tokens, guard if i == 0 else None)
         if i < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only counts the micro-step
-    return update(engine, total / accum, guard, data_wait, start)
+    agreed = agree(agreement, total / accum, guard, notes)
+    if hasattr(batches, "settle_step"):  # raises DataStop on every rank if any rank's data was unreadable
+        batches.settle_step(round(agreed["data_skipped"]), round(agreed["data_problems"]), notes)
+    return update(engine, agreed, guard, data_wait, start)
 
 
 def forward_backward(engine, tokens: torch.Tensor, guard=None) -> torch.Tensor:
@@ -60,18 +97,27 @@ def forward_backward(engine, tokens: torch.Tensor, guard=None) -> torch.Tensor:
     return loss.detach()
 
 
-def update(engine, mean: torch.Tensor, guard, data_wait: float, start: float) -> StepResult:
-    """Average the loss over data-parallel ranks, agree on faults, then DeepSpeed's boundary step."""
-    dist.all_reduce(mean, group=parallel_state.get_data_parallel_group())
-    mean /= parallel_state.get_data_parallel_world_size()
+def agree(agreement, mean: torch.Tensor, guard, notes: list) -> dict[str, float]:
+    """This rank's facts into the agreement, then the one collective: -> the agreed slots."""
+    agreement.set("loss", mean)
+    agreement.set("data_skipped", sum(note.skipped for note in notes))
+    agreement.set("data_problems", len({p for note in notes for p in (*note.corrupt, *note.errors)}))
+    if guard is not None:
+        guard.contribute(agreement, mean)
+    agreed = agreement.reduce()
+    if parallel_state.model_parallel_is_initialized():
+        agreed["loss"] /= parallel_state.get_data_parallel_world_size()  # dp_sum of the ranks' means -> mean
+    return agreed
+
+
+def update(engine, agreed: dict[str, float], guard, data_wait: float, start: float) -> StepResult:
+    """DeepSpeed's boundary step, gated shut if the ranks agreed on a non-finite value."""
     lr = engine.get_lr()[0]  # before the step: the rate this update uses
-    fault = guard.agree(mean) if guard is not None else None
+    fault = guard.fault(agreed) if guard is not None else None
     ds_skipped_before = engine.skipped_steps
     with guard.gate(skip=fault is not None) if guard is not None else nullcontext():
         engine.step()
     if fault is None and engine.skipped_steps > ds_skipped_before:
         fault = "loss_scale" if engine.fp16_enabled() else "grad_norm"  # DeepSpeed saw an overflow
-    norm = engine.get_global_grad_norm()
-    norm = None if norm is None or not math.isfinite(float(norm)) else float(norm)
-    return StepResult(loss=mean.item(), grad_norm=norm, lr=lr, data_wait=data_wait,
-                      step_time=time.perf_counter() - start, skipped=fault is not None, nonfinite=fault)
+    return StepResult(loss=agreed["loss"], grad_norm_value=engine.get_global_grad_norm(), lr=lr, data_wait=data_wait,
+                      step_time=time.perf_counter() - start, skipped=fault is not None, nonfinite=fault, agreed=agreed)
