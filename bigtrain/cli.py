@@ -57,7 +57,8 @@ def cmd_convert_to_hf(args: argparse.Namespace) -> None:
     from bigtrain.convert.to_hf import to_hf
 
     def report(diff: float) -> None:
-        print(f"parity check passed: transformers' LlamaForCausalLM matches bigtrain's logits "
+        print(f"parity check passed: transformers' model (LlamaForCausalLM, or ModernBertForMaskedLM for a masked-LM "
+              f"run) matches bigtrain's logits "
               f"(max |diff| {diff:.2e} <= {args.tolerance:g})")
 
     out = to_hf(args.src, Path(args.out), dtype=args.dtype, check=not args.no_check, tolerance=args.tolerance,
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_corpus)
 
     conv = sub.add_parser("convert", help="checkpoint conversion").add_subparsers(dest="action", required=True)
-    p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder")
+    p = conv.add_parser("to-hf", help="export a run/checkpoint as a Hugging Face LlamaForCausalLM folder "
+                         "(ModernBertForMaskedLM for train.objective=mlm)")
     p.add_argument("src", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("out", metavar="OUT_DIR")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")

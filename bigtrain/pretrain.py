@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
+        from bigtrain.convert.teacher import open_teacher
         from bigtrain.train.run import pretrain
 
-        trainer = pretrain(cfg)
+        trainer = pretrain(cfg, open_teacher)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -75,6 +75,9 @@ def test_hf_config_and_special_tokens(tok_dir):
     assert hf(text)["input_ids"] == [tok.bos_id] + tok.encode(text)  # bos added, no eos, "<s>" is text
     assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
     assert (hf.bos_token_id, hf.eos_token_id, hf.unk_token_id, hf.pad_token_id) == (1, 2, 0, None)
+    # <mask> (masked-LM pretraining): id 3 in both, never produced by text, literal "<mask>" stays text
+    assert (hf.mask_token, hf.mask_token_id, tok.mask_id, tok.sp.id_to_piece(3)) == ("<mask>", 3, 3, "<mask>")
+    assert hf(" a <mask> b")["input_ids"] == [tok.bos_id] + tok.encode(" a <mask> b") and 3 not in tok.encode("<mask>")
 
 
 def test_tokenizer_dir_metadata(tok_dir):

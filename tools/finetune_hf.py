@@ -7,7 +7,9 @@
 Tasks:
 - ``classify``: JSONL lines ``{"text": ..., "label": ...}`` (labels: ints or strings). The model is
   ``LlamaForSequenceClassification`` (the exported decoder + a new linear ``score`` head on the last
-  non-pad token). Llama has no pad token: the EOS token pads, and ``config.pad_token_id`` tells the
+  non-pad token), or ``ModernBertForSequenceClassification`` for an encoder exported from a masked-LM
+  run (the encoder + its prediction head + a new ``classifier``, mean-pooled over non-pad tokens).
+  bigtrain's tokenizers have no pad token: the EOS token pads, and ``config.pad_token_id`` tells the
   head where each sequence ends. Reports loss and accuracy.
 - ``sft``: JSONL lines ``{"prompt": ..., "response": ...}``. Each example is ``BOS + prompt + response
   + EOS``; the labels of BOS and the prompt are -100 (not trained on), so the loss is the response's

@@ -38,7 +38,7 @@ def tp_layout(name: str) -> str:
         return STRIDED_ROWS
     if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
         return COLUMNS
-    if name.endswith("norm.weight"):
+    if name.endswith(("norm.weight", "head.dense.weight")):  # head.dense: the encoder's (C, C) head matrix
         return REPLICATED
     raise CheckpointError(f"no tensor-parallel layout known for parameter {name!r}")
 
@@ -122,6 +122,15 @@ def to_hf_parts(name: str, tensor: Tensor, cfg: ModelConfig, vocab_size: int) ->
     if name in ("embed.weight", "lm_head.weight"):
         return (tensor[:vocab_size],)  # padding rows carry no probability: drop them
     return (tensor,)
+
+
+def to_hf_tensors(name: str, tensor: Tensor, cfg: ModelConfig, vocab_size: int, hf_names: tuple[str, ...]):
+    """``to_hf_parts`` for an architecture whose HF tensor may be fused: one HF name for several parts
+    (ModernBERT's ``Wqkv`` = [q; k; v], ``Wi`` = [input; gate]) takes their concatenation."""
+    parts = to_hf_parts(name, tensor, cfg, vocab_size)
+    if len(hf_names) == 1 and len(parts) > 1:
+        return (torch.cat(parts, dim=0),)
+    return parts
 
 
 def from_hf_parts(name: str, parts: tuple[Tensor, ...], cfg: ModelConfig, padded_vocab_size: int) -> Tensor:

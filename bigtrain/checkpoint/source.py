@@ -48,6 +48,7 @@ class Checkpoint:
         check_meta(folder, meta)
         self.folder, self.meta = folder, meta
         self.cfg = model_config(meta)
+        self.objective = meta.get("objective", "clm")  # train.objective of the run (mlm: an encoder)
         self.vocab_size = meta["vocab_size"]
         self.tp = meta["tensor_parallel"]
         self.weights_only = native.is_native(meta)

@@ -107,8 +107,15 @@ class DataConfig:
                                     "weight-proportional count from each source (shares exact to 1/block).")
 
 
+OBJECTIVES = ("clm", "mlm", "distill")
+
+
 @dataclass
 class TrainConfig:
+    objective: str = doc(
+        "clm", "What the model learns: clm (next-token prediction, a Llama decoder), mlm (masked-token prediction, "
+        "a ModernBERT encoder; section mlm) or distill (a causal student matching a frozen teacher; section "
+        "distill). See docs/objectives.md.")
     steps: int = doc(40, "Optimizer steps to run.")
     stop_at: int = doc(0, "Stop after this step (checkpoint saved, exit 0) without changing the schedule, which "
                        "still runs to train.steps; a later run without it continues. Used by `bigtrain sweep`'s "
@@ -170,6 +177,24 @@ class EvalConfig:
 
 
 @dataclass
+class MlmConfig:
+    probability: float = doc(0.15, "train.objective=mlm: share of the non-special tokens of each sequence chosen "
+                             "for prediction (the loss is the mean over them, across the global batch).")
+    mask_ratio: float = doc(0.8, "Of the chosen tokens, the share replaced by <mask> in the input.")
+    random_ratio: float = doc(0.1, "Of the chosen tokens, the share replaced by a random token; the rest "
+                              "(1 - mask_ratio - random_ratio) stay unchanged.")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = doc("", "train.objective=distill: the frozen teacher, a bigtrain run dir or checkpoint folder, "
+                       "or a Hugging Face causal-LM folder; it must use the student's tokenizer (same vocabulary).")
+    alpha: float = doc(0.5, "Weight of the distillation term: loss = alpha * T^2 * KL(teacher_T || student_T) "
+                       "+ (1 - alpha) * cross-entropy on the data.")
+    temperature: float = doc(1.0, "Softmax temperature T of both teacher and student in the KL term.")
+
+
+@dataclass
 class ClusterConfig:
     nodes: int = doc(1, "Nodes this recipe is sized for: `bigtrain plan` uses it when --nodes is not given "
                      "(training reads the world size from the launcher, not from here).")
@@ -188,4 +213,6 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

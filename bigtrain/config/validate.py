@@ -10,7 +10,7 @@ import dataclasses
 import importlib.util
 
 from bigtrain.config.load import ConfigError
-from bigtrain.config.schema import ACTIVATION_CHECKPOINTING, ATTENTION_BACKENDS, Config
+from bigtrain.config.schema import ACTIVATION_CHECKPOINTING, ATTENTION_BACKENDS, OBJECTIVES, Config
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -76,6 +76,9 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(not (p.sequence_parallel and p.tensor_parallel > 1 and m.seq_len % p.tensor_parallel),
          f"parallel.sequence_parallel=true shards model.seq_len ({m.seq_len}) over parallel.tensor_parallel "
          f"({p.tensor_parallel}): it must be divisible (or set parallel.sequence_parallel=false)")
+    need(not (p.sequence_parallel and p.tensor_parallel > 1 and t.objective == "mlm"),
+         "parallel.sequence_parallel=true is not supported with train.objective=mlm (the encoder has no "
+         "sequence-parallel path): set parallel.sequence_parallel=false")
     need(m.rope_theta > 0, f"model.rope_theta must be positive, got {m.rope_theta}")
     need(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
     need(p.backend in BACKENDS, f"parallel.backend must be one of {BACKENDS}, got {p.backend!r}")
@@ -88,6 +91,7 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {cfg.checkpoint.every}")
     errors += fault_tolerance_errors(cfg)
     errors += fast_path_errors(cfg)
+    errors += objective_errors(cfg)
     need(cfg.eval.every >= 0, f"eval.every must be >= 0 (0 = off), got {cfg.eval.every}")
     need(cfg.eval.batches > 0, f"eval.batches must be positive, got {cfg.eval.batches}")
     need(cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
@@ -201,4 +205,34 @@ def fast_path_errors(cfg: Config) -> list[str]:
                        ("parallel.max_reuse_distance", p.max_reuse_distance)]:
         if value <= 0:
             errors.append(f"{key} must be positive, got {value}")
+    return errors
+
+
+def objective_errors(cfg: Config) -> list[str]:
+    """train.objective and its sections mlm / distill (issue 16)."""
+    m, o, mlm, kd = cfg.model, cfg.train.objective, cfg.mlm, cfg.distill
+    if o not in OBJECTIVES:
+        return [f"train.objective must be one of {OBJECTIVES}, got {o!r}"]
+    errors = []
+    if not 0 < mlm.probability < 1:
+        errors.append(f"mlm.probability must be in (0, 1), got {mlm.probability}")
+    if mlm.mask_ratio < 0 or mlm.random_ratio < 0 or mlm.mask_ratio + mlm.random_ratio > 1:
+        errors.append(f"mlm.mask_ratio ({mlm.mask_ratio}) and mlm.random_ratio ({mlm.random_ratio}) must be >= 0 "
+                      "with a sum <= 1 (the rest of the chosen tokens stay unchanged)")
+    if o == "mlm":
+        if m.num_kv_heads != m.num_heads:
+            errors.append(f"train.objective=mlm: model.num_kv_heads ({m.num_kv_heads}) must equal model.num_heads "
+                          f"({m.num_heads}): the encoder (ModernBERT) has no grouped-query attention")
+        if not m.tie_embeddings:
+            errors.append("train.objective=mlm: model.tie_embeddings must be true (ModernBERT ties its decoder "
+                          "to the token embedding)")
+        if getattr(cfg.parallel, "sequence_parallel", False):
+            errors.append("train.objective=mlm does not support parallel.sequence_parallel: set it to false")
+    if not 0 <= kd.alpha <= 1:
+        errors.append(f"distill.alpha must be in [0, 1], got {kd.alpha}")
+    if not kd.temperature > 0:
+        errors.append(f"distill.temperature must be positive, got {kd.temperature}")
+    if o == "distill" and not kd.teacher:
+        errors.append("train.objective=distill needs distill.teacher: a bigtrain run dir or checkpoint, or a "
+                      "Hugging Face causal-LM folder")
     return errors

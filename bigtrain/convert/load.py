@@ -16,6 +16,7 @@ from bigtrain.checkpoint.source import Checkpoint
 from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.schema import ModelConfig
 from bigtrain.model.layers import SingleProcess
+from bigtrain.model.encoder import EncoderModel
 from bigtrain.model.llama import LlamaModel
 
 TOKENIZER_DIR = "tokenizer"
@@ -27,11 +28,13 @@ def open_checkpoint(src: str | Path) -> tuple[Path, dict]:
     return ckpt.folder, ckpt.meta
 
 
-def build_model(cfg: ModelConfig, vocab_size: int) -> LlamaModel:
-    """The model at TP=1 on CPU, fp32, alone in this process (weights left uninitialised)."""
+def build_model(cfg: ModelConfig, vocab_size: int, objective: str = "clm") -> LlamaModel | EncoderModel:
+    """The model at TP=1 on CPU, fp32, alone in this process (weights left uninitialised); the encoder for
+    a masked-LM run (``objective="mlm"``)."""
     # the training run's attention kernel (e.g. flash_attn on a GPU) may not exist here: same function, default kernel
-    return LlamaModel(dataclasses.replace(cfg, attention_backend="auto"), vocab_size,
-                      SingleProcess(perform_initialization=False))
+    model_class = EncoderModel if objective == "mlm" else LlamaModel
+    return model_class(dataclasses.replace(cfg, attention_backend="auto"), vocab_size,
+                       SingleProcess(perform_initialization=False))
 
 
 def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = None) -> tuple[LlamaModel, dict]:
@@ -43,7 +46,7 @@ def load_model(src: str | Path | Checkpoint, weight_dtype: torch.dtype | None = 
     """
     ckpt = src if isinstance(src, Checkpoint) else Checkpoint.open(src)
     cfg, vocab = ckpt.cfg, ckpt.vocab_size
-    model = build_model(cfg, vocab)
+    model = build_model(cfg, vocab, ckpt.objective)
     params = dict(model.named_parameters())
     names = ckpt.names()
     missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))

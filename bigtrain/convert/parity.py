@@ -44,12 +44,13 @@ def bigtrain_logits(ckpt, tokens: torch.Tensor, weight_dtype: torch.dtype) -> to
 
 
 @torch.no_grad()
-def hf_logits(hf_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
+def hf_logits(hf_dir: Path, tokens: torch.Tensor, auto_class: str = "AutoModelForCausalLM") -> torch.Tensor:
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-tensor loading bar in the converter's output
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True).eval()
+    auto = getattr(transformers, auto_class)
+    model = auto.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True).eval()
     logits = model(tokens).logits.float()
     del model
     return logits
@@ -57,14 +58,17 @@ def hf_logits(hf_dir: Path, tokens: torch.Tensor) -> torch.Tensor:
 
 def check_parity(ckpt, hf_dir: Path, weight_dtype: torch.dtype, tolerance: float = TOLERANCE) -> float:
     """-> max |logit difference| on the probe; raises ParityError above ``tolerance``."""
+    from bigtrain.convert.hf_map import AUTO_CLASSES, architecture
+
     tokens = probe_tokens(ckpt.vocab_size, ckpt.cfg.seq_len)
     ours = bigtrain_logits(ckpt, tokens, weight_dtype)
-    theirs = hf_logits(hf_dir, tokens)
+    auto_class = AUTO_CLASSES[architecture(ckpt.objective)]
+    theirs = hf_logits(hf_dir, tokens, auto_class)
     if theirs.shape != ours.shape:
         raise ParityError(f"transformers' model gives logits of shape {tuple(theirs.shape)}, bigtrain's "
                           f"{tuple(ours.shape)}")
     diff = (ours - theirs).abs().max().item()
     if not diff <= tolerance:  # also catches NaN
-        raise ParityError(f"parity check failed: transformers' LlamaForCausalLM differs from bigtrain's model "
+        raise ParityError(f"parity check failed: transformers' model ({auto_class}) differs from bigtrain's model "
                           f"by up to {diff:.3g} in logits (tolerance {tolerance:g}) on the probe {tuple(tokens.shape)}")
     return diff

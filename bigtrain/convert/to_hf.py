@@ -1,4 +1,5 @@
-"""Export a bigtrain checkpoint as a Hugging Face ``LlamaForCausalLM`` folder, checked by transformers.
+"""Export a bigtrain checkpoint as a Hugging Face ``LlamaForCausalLM`` folder (``ModernBertForMaskedLM`` for a
+masked-LM run, ``train.objective=mlm``), checked by transformers.
 
     bigtrain convert to-hf runs/exp1 hf/exp1 [--dtype bf16] [--no-check]
 
@@ -31,8 +32,8 @@ import torch
 
 from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.config.schema import ModelConfig
-from bigtrain.convert.hf_map import KEY_MAP, hf_config, hf_names
-from bigtrain.checkpoint.layout import to_hf_parts
+from bigtrain.checkpoint.layout import to_hf_tensors
+from bigtrain.convert.hf_map import LLAMA, architecture, bigtrain_names, encoder_hf_config, hf_config, hf_names
 from bigtrain.convert.load import tokenizer_dir
 from bigtrain.convert.parity import TOLERANCE, check_parity
 from bigtrain.convert.safetensors_out import Entry, SafetensorsWriter
@@ -79,13 +80,14 @@ def to_hf(src: str | Path, out_dir: str | Path, dtype: str = "fp32", check: bool
 
 def hf_entries(ckpt: Checkpoint, dtype: torch.dtype) -> list[Entry]:
     """Name, dtype and shape of every HF tensor, in write order, computed without reading data."""
-    entries = []
+    entries, arch = [], architecture(ckpt.objective)
     for name in ckpt.names():
         meta = torch.empty(ckpt.full_shape(name), device="meta")
-        parts = to_hf_parts(name, meta, ckpt.cfg, ckpt.vocab_size)
-        entries += [Entry(n, dtype, tuple(p.shape)) for n, p in zip(hf_names(name), parts, strict=True)]
+        hf = hf_names(name, arch)
+        parts = to_hf_tensors(name, meta, ckpt.cfg, ckpt.vocab_size, hf)
+        entries += [Entry(n, dtype, tuple(p.shape)) for n, p in zip(hf, parts, strict=True)]
     names = {e.name for e in entries}
-    expected = expected_hf_names(ckpt.cfg)
+    expected = expected_hf_names(ckpt.cfg, arch)
     if names != expected:
         raise CheckpointError(f"checkpoint weights do not cover the HF model: missing {sorted(expected - names)}, "
                               f"unexpected {sorted(names - expected)}")
@@ -95,32 +97,31 @@ def hf_entries(ckpt: Checkpoint, dtype: torch.dtype) -> list[Entry]:
 def write_weights(ckpt: Checkpoint, folder: Path, dtype: torch.dtype) -> None:
     """Stream every parameter: read (TP-merged) -> HF tensors -> cast -> append to the file."""
     writer = SafetensorsWriter(folder, hf_entries(ckpt, dtype), MAX_SHARD_BYTES)
+    arch = architecture(ckpt.objective)
     try:
         for name in ckpt.names():
-            parts = to_hf_parts(name, ckpt.full(name), ckpt.cfg, ckpt.vocab_size)
-            for hf_name, part in zip(hf_names(name), parts, strict=True):
+            hf = hf_names(name, arch)
+            parts = to_hf_tensors(name, ckpt.full(name), ckpt.cfg, ckpt.vocab_size, hf)
+            for hf_name, part in zip(hf, parts, strict=True):
                 writer.write(hf_name, part.to(dtype).contiguous())
     finally:
         writer.close()
 
 
-def expected_hf_names(cfg: ModelConfig) -> set[str]:
-    names = set()
-    for pattern in KEY_MAP:
-        if pattern == "lm_head.weight" and cfg.tie_embeddings:
-            continue
-        layers = range(cfg.num_layers) if "{layer}" in pattern else [None]
-        names.update(n for layer in layers for n in hf_names(pattern.format(layer=layer)))
-    return names
+def expected_hf_names(cfg: ModelConfig, arch: str = LLAMA) -> set[str]:
+    return {n for name in bigtrain_names(cfg, arch) for n in hf_names(name, arch)}
 
 
 def write_config(ckpt: Checkpoint, path: Path, dtype_name: str) -> None:
     from transformers import GenerationConfig
 
     bos, eos = copy_tokenizer(tokenizer_dir(ckpt.folder), path, ckpt.cfg.seq_len)
-    config = hf_config(ckpt.cfg, ckpt.vocab_size, bos, eos, dtype_name)
-    config.save_pretrained(path)
-    GenerationConfig.from_model_config(config).save_pretrained(path)
+    if architecture(ckpt.objective) == LLAMA:
+        config = hf_config(ckpt.cfg, ckpt.vocab_size, bos, eos, dtype_name)
+        config.save_pretrained(path)
+        GenerationConfig.from_model_config(config).save_pretrained(path)
+    else:  # an encoder generates nothing: no generation_config.json
+        encoder_hf_config(ckpt.cfg, ckpt.vocab_size, bos, eos, dtype_name).save_pretrained(path)
 
 
 def copy_tokenizer(tok_dir: Path, path: Path, seq_len: int) -> tuple[int | None, int | None]:

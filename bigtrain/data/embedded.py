@@ -32,7 +32,7 @@ from bigtrain.data.manifest import MANIFEST_FILE, Manifest
 from bigtrain.data.shards import summary, write_shards
 from bigtrain.data.tokenizer import META_FILE, train_tokenizer
 
-FORMAT_VERSION = 2  # 2: shards in format bigtrain-shards/2
+FORMAT_VERSION = 3  # 2: shards in format bigtrain-shards/2; 3: tokenizer with <mask> (id 3)
 TMP_PREFIX = ".tmp-"
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from bigtrain.data.errors import DataError
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json")
-EDGE_CASES = ["", " ", "  two leading spaces", "trailing  ", "a\n b\n\n  c\t", "x<s>y</s><unk>", "12345 6.0e-3",
+EDGE_CASES = ["", " ", "  two leading spaces", "trailing  ", "a\n b\n\n  c\t", "x<s>y</s><unk><mask>", "12345 6.0e-3",
               "ünïcödé ☃ 😀 中文", "▁already▁metaspace"]
 
 
@@ -51,13 +51,15 @@ def backend_tokenizer(model_file: Path, bos_id: int):
     return backend
 
 
-def write_hf_tokenizer(model_file: Path, out_dir: Path, model_max_length: int, bos_id: int) -> None:
+def write_hf_tokenizer(model_file: Path, out_dir: Path, model_max_length: int, bos_id: int,
+                       mask_token: str | None = None) -> None:
     """Write tokenizer.json + tokenizer_config.json for ``model_file`` into ``out_dir``."""
     from transformers import PreTrainedTokenizerFast
 
+    extra = {"mask_token": mask_token} if mask_token else {}
     hf = PreTrainedTokenizerFast(tokenizer_object=backend_tokenizer(model_file, bos_id), bos_token="<s>",
                                  eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length,
-                                 clean_up_tokenization_spaces=False, split_special_tokens=True)
+                                 clean_up_tokenization_spaces=False, split_special_tokens=True, **extra)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         hf.save_pretrained(tmp)
         config_path = Path(tmp, "tokenizer_config.json")

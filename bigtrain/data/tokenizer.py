@@ -7,6 +7,11 @@ A tokenizer directory holds:
 - ``bigtrain_tokenizer.json``: vocab size, special ids and the sha256 of tokenizer.model. Written last,
   so a folder without it is not a finished tokenizer.
 
+Special ids: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2 and ``<mask>`` 3 (for masked-LM pretraining,
+``train.objective=mlm``). ``<mask>`` is a sentencepiece *control* symbol: it has an id but no text
+ever encodes to it (the literal text "<mask>" stays text, in sentencepiece and HF alike). Tokenizers
+trained before it existed have no ``mask_id`` in their metadata and still work for causal LM.
+
 Training settings and why: BPE (unigram could not be made id-exact in HF); ``byte_fallback`` so no text
 is ever ``<unk>``; identity normalisation and no whitespace cleanup so ``decode(encode(t)) == t``;
 ``split_digits`` for arithmetic; whitespace-only pieces so code indentation is cheap. Documents are fed
@@ -35,8 +40,9 @@ from bigtrain.data.hf_tokenizer import check_hf_matches, write_hf_tokenizer
 MODEL_FILE = "tokenizer.model"
 META_FILE = "bigtrain_tokenizer.json"
 META_FORMAT = "bigtrain-tokenizer/1"
-UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
-MIN_VOCAB = 3 + 256  # specials + byte-fallback pieces, before any character or merge
+UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
+MASK_TOKEN = "<mask>"
+MIN_VOCAB = 4 + 256  # specials + byte-fallback pieces, before any character or merge
 MAX_SENTENCE_BYTES = 1 << 16
 CHECK_DOCS = 200  # documents re-encoded with HF after training as a self-check
 
@@ -96,7 +102,8 @@ def trainer_options(vocab_size: int) -> dict:
                 remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
                 allow_whitespace_only_pieces=True, max_sentence_length=MAX_SENTENCE_BYTES,
                 input_sentence_size=0, shuffle_input_sentence=False, character_coverage=0.9995,
-                unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1, num_threads=os.cpu_count() or 1,
+                unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=-1,
+                control_symbols=[MASK_TOKEN], num_threads=os.cpu_count() or 1,
                 minloglevel=2)
 
 
@@ -138,10 +145,11 @@ def train_tokenizer(inputs: list[str | Path], vocab_size: int, out_dir: Path, *,
     model = train_model(sample.sentences, vocab_size)
     atomic_write(out_dir / MODEL_FILE, model)
     sp = spm.SentencePieceProcessor(model_proto=model)
-    write_hf_tokenizer(out_dir / MODEL_FILE, out_dir, model_max_length, sp.bos_id())
+    write_hf_tokenizer(out_dir / MODEL_FILE, out_dir, model_max_length, sp.bos_id(), MASK_TOKEN)
     check_hf_matches(out_dir, sp, sample.first_docs)
     meta = {"format": META_FORMAT, "vocab_size": sp.vocab_size(), "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
-            "unk_id": sp.unk_id(), "sha256": hashlib.sha256(model).hexdigest(), "model_type": "bpe",
+            "unk_id": sp.unk_id(), "mask_id": sp.piece_to_id(MASK_TOKEN),
+            "sha256": hashlib.sha256(model).hexdigest(), "model_type": "bpe",
             "inputs": [str(p.resolve()) for p in inputs], "text_key": text_key,
             "num_sentences": sample.total, "sampled_sentences": len(sample.sentences), "seed": seed}
     atomic_write(out_dir / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
@@ -205,6 +213,11 @@ class Tokenizer:
     @property
     def eos_id(self) -> int:
         return self.sp.eos_id()
+
+    @property
+    def mask_id(self) -> int | None:
+        """Id of ``<mask>`` (masked-LM pretraining); None for tokenizers trained without one."""
+        return self.meta.get("mask_id")
 
     @property
     def sha256(self) -> str:

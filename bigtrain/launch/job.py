@@ -57,13 +57,14 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         from bigtrain.config.load import load_config
+        from bigtrain.convert.teacher import open_teacher
         from bigtrain.train.run import pretrain
 
         env = submitit.JobEnvironment()
         os.environ.update(rank_environment(env))
         sig = submitit_signal()
         submitit_handler = signal.getsignal(sig)  # installed by submitit before calling us
-        trainer = pretrain(load_config(self.config, self.overrides))
+        trainer = pretrain(load_config(self.config, self.overrides), open_teacher)
         if trainer.failed:  # e.g. too many non-finite steps in a row: a requeue would fail the same way
             raise RuntimeError(f"training stopped at step {trainer.state.step}: {trainer.stop_reason}")
         if trainer.requeue:

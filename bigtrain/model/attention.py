@@ -1,6 +1,7 @@
-"""Causal attention through a selectable kernel (``model.attention_backend``).
+"""Causal (decoder) or bidirectional (encoder) attention through a selectable kernel (``model.attention_backend``).
 
-Every backend computes the same function, softmax(Q K^T / sqrt(D) + causal mask) V, so switching
+Every backend computes the same function, softmax(Q K^T / sqrt(D) + causal mask) V (no mask when
+``causal=False``), so switching
 only changes speed and memory (tests/test_fastpath.py checks loss parity on CPU, tests/test_gpu.py
 on CUDA):
 
@@ -28,13 +29,14 @@ def sdpa_backend(name: str):
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """-> (B, H, T, D)."""
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto",
+                     causal: bool = True) -> torch.Tensor:
+    """-> (B, H, T, D). ``causal=False``: every position attends to every position (encoders)."""
     gqa = q.shape[1] != k.shape[1]
     if backend == "auto":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
     if backend == "flash_attn":
-        return flash_attn_causal(q, k, v)
+        return flash_attn_causal(q, k, v, causal)
     from torch.nn.attention import sdpa_kernel
 
     if gqa and backend in ("cudnn", "efficient"):
@@ -42,11 +44,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
         gqa = False
     with sdpa_kernel(sdpa_backend(backend)):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
 
-def flash_attn_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def flash_attn_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
     from flash_attn import flash_attn_func  # (B, T, heads, D) layout; GQA natively
 
-    y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
     return y.transpose(1, 2)

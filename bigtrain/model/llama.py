@@ -90,21 +90,22 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
 
 
 def attention_core(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, groups: int, q_per_group: int,
-                   head_dim: int, backend: str) -> torch.Tensor:
-    """Fused projections (B, T, G*(q_per_group+2)*D) -> RoPE -> causal attention -> (B, T, H*D)."""
+                   head_dim: int, backend: str, causal: bool = True) -> torch.Tensor:
+    """Fused projections (B, T, G*(q_per_group+2)*D) -> RoPE -> attention (causal or not) -> (B, T, H*D)."""
     B, T, _ = qkv.shape
     qkv = qkv.view(B, T, groups, q_per_group + 2, head_dim)
     q = qkv[:, :, :, :q_per_group].reshape(B, T, -1, head_dim)  # (B, T, H, D)
     k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]  # (B, T, G, D)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-    y = causal_attention(q, k, v, backend)  # (B, H, T, D)
+    y = causal_attention(q, k, v, backend, causal)  # (B, H, T, D)
     return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: Parallel):
+    def __init__(self, cfg: ModelConfig, tp: Parallel, causal: bool = True):
         super().__init__()
+        self.causal = causal  # False: bidirectional (bigtrain/model/encoder.py)
         tp_size = tp.tensor_model_parallel_size
         self.head_dim = cfg.hidden_size // cfg.num_heads
         self.q_per_group = cfg.num_heads // cfg.num_kv_heads
@@ -121,7 +122,7 @@ class Attention(nn.Module):
         qkv, _ = self.qkv(x)  # (B, T, G*(q_per_group+2)*D); sequence parallel: gathered, (T, B, ...)
         if self.sequence_first:
             qkv = qkv.transpose(0, 1).contiguous()
-        y = self.compute(qkv, cos, sin, self.local_groups, self.q_per_group, self.head_dim, self.backend)
+        y = self.compute(qkv, cos, sin, self.local_groups, self.q_per_group, self.head_dim, self.backend, self.causal)
         if self.sequence_first:
             y = y.transpose(0, 1).contiguous()  # (T, B, H*D)
         out, _ = self.proj(y)  # (B, T, C); sequence parallel: reduce-scattered, (T/tp, B, C)

@@ -20,6 +20,7 @@ from bigtrain.config.arithmetic import is_decayed
 from bigtrain.config.load import ConfigError
 from bigtrain.config.schema import Config
 from bigtrain.config.validate import resolve_precision
+from bigtrain.model.encoder import EncoderModel
 from bigtrain.model.llama import LlamaModel
 from bigtrain.parallel.dsenv import import_deepspeed
 from bigtrain.parallel.mpu import MegatronMpu
@@ -118,19 +119,21 @@ def sequence_parallel(cfg: Config, world: World) -> bool:
     return cfg.parallel.sequence_parallel and world.tp_size > 1
 
 
-def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> LlamaModel:
-    """Construct the model (partitioned at construction under ZeRO-3) from ``train.seed``."""
+def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> LlamaModel | EncoderModel:
+    """Construct the model (partitioned at construction under ZeRO-3) from ``train.seed``: the Llama decoder,
+    or the ModernBERT encoder for ``train.objective=mlm``."""
     deepspeed = import_deepspeed()
     if sequence_parallel(cfg, world) and world.device.type == "cpu":
         allow_sequence_parallel_on_cpu()
     torch.manual_seed(cfg.train.seed)
+    model_class = EncoderModel if cfg.train.objective == "mlm" else LlamaModel
     with deepspeed.zero.Init(data_parallel_group=parallel_state.get_data_parallel_group(),
                              config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3,
                              mpu=MegatronMpu()):
-        model = LlamaModel(cfg.model, vocab_size, tp_layer_config(cfg, world))
+        model = model_class(cfg.model, vocab_size, tp_layer_config(cfg, world))
     if sequence_parallel(cfg, world):  # the norms see a sequence shard: sum their gradients over TP
         sum_replicated_grads_over_tp(model, parallel_state.get_tensor_model_parallel_group())
-    if cfg.parallel.zero_stage == 3 and cfg.model.tie_embeddings:
+    if cfg.parallel.zero_stage == 3 and (cfg.model.tie_embeddings or model_class is EncoderModel):
         # The output layer reads the embedding's weight: ZeRO-3 must gather it for lm_head too.
         deepspeed.zero.register_external_parameter(model.lm_head, model.embed.weight)
     return optimize_model(model, cfg.model.activation_checkpointing, cfg.train.compile)

@@ -44,11 +44,12 @@ class Callback:
 
 class Trainer:
     def __init__(self, cfg: Config, world: World, engine, batches: Iterator[torch.Tensor],
-                 state: TrainState, callbacks: list[Callback], guard=None):
+                 state: TrainState, callbacks: list[Callback], guard=None, objective=None):
         self.cfg, self.world, self.engine, self.state = cfg, world, engine, state
         self.batches = batches
         self.callbacks = callbacks
         self.guard = guard  # bigtrain.train.faults.NonFiniteGuard: skips updates with non-finite values
+        self.objective = objective  # bigtrain.train.objectives: the loss of a micro-batch (None: causal LM)
         self.accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world.dp_size)
         self.extra_metrics: dict[str, float] = {}  # filled by callbacks during a step (e.g. val_loss)
         self.heartbeat: Callable[[str], None] = lambda what: None  # long phases report progress (watchdog)
@@ -80,7 +81,7 @@ class Trainer:
             if self.guard is not None:
                 self.guard.begin_step(self.state.step + 1)
             result = train_step(self.engine, self.batches, self.accum, self.world.device, self.guard,
-                                self.agreement)
+                                self.agreement, self.objective)
             self.state.step += 1
             self.state.consumed_samples += self.cfg.train.global_batch_size
             for cb in self.callbacks:

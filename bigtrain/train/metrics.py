@@ -141,6 +141,7 @@ class MetricsLogger(Callback):
             "skipped": result.skipped,
             "skipped_steps": state.skipped_steps,
             "consecutive_skips": state.consecutive_skips,
+            **result.extras,
             **trainer.extra_metrics,
         }
 

@@ -33,6 +33,7 @@ from bigtrain.train.evaluation import EvalCallback
 from bigtrain.train.faults import HealthCallback, NonFiniteGuard
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.metrics import MetricsLogger, agreed_peak
+from bigtrain.train.objectives import build_objective, check_objective
 from bigtrain.train.signals import SignalStop
 from bigtrain.train.stop_at import StopAt
 from bigtrain.train.sinks import build_sinks
@@ -94,6 +95,11 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     if folder is None:
         return
     meta = read_meta(folder)
+    encoder = {"mlm": "masked-LM encoder"}
+    theirs, ours_objective = meta.get("objective", "clm"), cfg.train.objective
+    if encoder.get(theirs, "causal LM") != encoder.get(ours_objective, "causal LM"):
+        raise ConfigError(f"{where} of a train.objective={theirs} model, but this run has train.objective="
+                          f"{ours_objective}: a causal LM and a masked-LM encoder do not share weights")
     # execution keys (kernels, checkpointing) change how the model computes, not what: a resume may differ
     other_run = meta.get("weights_only") or folder.parent != Path(cfg.run.dir) / CHECKPOINT_DIR
     ignore = set(MODEL_EXECUTION_KEYS) | ({"seq_len"} if other_run else set())
@@ -123,6 +129,8 @@ def describe(trainer: Trainer, loader: TrainLoader) -> dict:
         "vocab_size": cfg.model.vocab_size,
         "padded_vocab_size": padded_vocab_size(cfg.model.vocab_size, cfg.model.vocab_pad_multiple, world.tp_size),
         "model": to_dict(cfg)["model"],
+        "objective": cfg.train.objective,
+        **trainer.objective.describe(),  # mlm: the masking; distill: the teacher's identity (path, sha256)
         "data": loader.state_dict(),
         "health": trainer.state.health(),
     }
@@ -164,8 +172,11 @@ def write_run_dir(run_dir: Path, cfg: Config, sources: list[Source], ds_config: 
         shutil.copytree(tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
-def pretrain(cfg: Config) -> Trainer:
-    """Run (or resume) pretraining as one rank of the job described by the launcher's environment."""
+def pretrain(cfg: Config, open_teacher=None) -> Trainer:
+    """Run (or resume) pretraining as one rank of the job described by the launcher's environment.
+
+    ``open_teacher`` reads a distillation teacher (``train.objective=distill``): the entry points pass
+    bigtrain.convert.teacher.open_teacher."""
     import torch
 
     launch = launch_env()
@@ -177,9 +188,10 @@ def pretrain(cfg: Config) -> Trainer:
     check_data_resumable(cfg, sources)
     check_precision_supported(cfg)
     check_compile_supported(cfg)
+    check_objective(cfg, sources[0].manifest, open_teacher)
     world = init_world(cfg.parallel.tensor_parallel, cfg.parallel.backend, cfg.parallel.timeout_min)
     try:
-        return train(cfg, world, sources)
+        return train(cfg, world, sources, open_teacher)
     finally:
         destroy_world()
 
@@ -209,7 +221,7 @@ def device_line(world: World, precision: str) -> str:
     return f"training on {world.world_size} x {world.device.type} ({world.backend}), train.precision={precision}{tf32}"
 
 
-def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
+def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -> Trainer:
     from bigtrain.parallel.engine import build_engine
 
     run_dir = Path(cfg.run.dir)
@@ -227,11 +239,12 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
         rng = "" if meta.get("rng_restored") else f" (RNG states not restored: saved by {meta.get('world_size')} ranks)"
         print(f"resumed from {run_dir / CHECKPOINT_DIR} at step {state.step}{rng}", flush=True)
     loader = build_loader(cfg, world, sources, meta)
+    objective = build_objective(cfg, world, sources[0].manifest, open_teacher)
     t = cfg.train
     guard = NonFiniteGuard(engine, world.device, check_grads=t.precision != "fp16", nan_steps=inject.nan_steps(),
                            inject_rank=world.rank == 0)
     callbacks = [
-        EvalCallback(sources, cfg.eval.every, cfg.eval.batches, cfg.data.on_corrupt),  # before metrics: logs val_loss
+        EvalCallback(sources, cfg.eval.every, cfg.eval.batches, cfg.data.on_corrupt, objective),  # before metrics
         DataMetrics(loader),  # before metrics: logs epoch, samples/<source>, skipped_samples
         HealthCallback(t.max_consecutive_skips, t.spike_threshold),  # before metrics: counters, loss_spike
         MetricsLogger(cfg, agreed_peak(world, t.precision), build_sinks(cfg) if world.is_main else []),
@@ -243,7 +256,7 @@ def train(cfg: Config, world: World, sources: list[Source]) -> Trainer:
     if t.watchdog_timeout_s:  # after the checkpoint callback: its on_train_end (the final save) is guarded too
         callbacks.append(Watchdog(t.watchdog_timeout_s, run_dir, world.rank))
     callbacks.append(injector)  # testing aids (inject.py): no-ops unless their environment variables are set
-    trainer = Trainer(cfg, world, engine, loader, state, callbacks, guard)
+    trainer = Trainer(cfg, world, engine, objective.batches(loader), state, callbacks, guard, objective)
     try:
         trainer.fit()
     except DataStop as error:

@@ -21,6 +21,8 @@ from typing import Iterator
 import torch
 from megatron.core import parallel_state
 
+from bigtrain.train.objectives import CausalLM
+
 
 # The step's own agreement slots (agreement.py); callbacks and objectives add theirs.
 STEP_SLOTS = (("loss", "dp_sum"), ("nonfinite_loss", "max"), ("nonfinite_grad", "max"),
@@ -37,6 +39,7 @@ class StepResult:
     skipped: bool = False  # the optimizer update was skipped
     nonfinite: str | None = None  # why: "loss", "grad" (seen by bigtrain), "grad_norm" (DeepSpeed), "loss_scale" (fp16)
     agreed: dict = field(default_factory=dict)  # every agreement slot's value, the same on every rank
+    extras: dict = field(default_factory=dict)  # the objective's own numbers (distill: kd_loss, ce_loss ...)
 
     @property
     def grad_norm(self) -> float | None:
@@ -57,49 +60,62 @@ def fetch(batches, accum: int) -> tuple[list[torch.Tensor], list]:
     return [next(batches) for _ in range(accum)], []
 
 
-def step_agreement(agreement, device: torch.device):
-    """The given agreement with the step's slots added, or a new one (a standalone ``train_step``)."""
+def step_agreement(agreement, device: torch.device, objective):
+    """The given agreement with the step's and the objective's slots added, or a new one (a standalone
+    ``train_step``)."""
     if agreement is None:
         from bigtrain.train.agreement import Agreement
 
         tp_rank = parallel_state.get_tensor_model_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
         agreement = Agreement(device, tp_rank)
-    for name, op in STEP_SLOTS:
+    for name, op in (*STEP_SLOTS, *objective.slots):
         agreement.add(name, op)
     return agreement
 
 
 def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torch.device, guard=None,
-               agreement=None) -> StepResult:
+               agreement=None, objective=None) -> StepResult:
+    """``objective`` (bigtrain/train/objectives.py) turns a micro-batch into its loss; default: causal LM."""
+    objective = objective or CausalLM()
     start = time.perf_counter()
     agreement = step_agreement(agreement, device)
     micro_batches, notes = fetch(batches, accum)
     data_wait = time.perf_counter() - start
     unreadable = any(note.errors for note in notes)  # compute on zeros: join the others' collectives
+    if unreadable:
+        micro_batches = [zeros_like_batch(batch) for batch in micro_batches]
+    objective.begin_step(micro_batches, device)
     total = torch.zeros((), device=device)
-    for i, tokens in enumerate(micro_batches):
-        tokens = (torch.zeros_like(tokens) if unreadable else tokens).to(device, non_blocking=True).long()  # (M, T+1)
-        total += forward_backward(engine, tokens, guard if i == 0 else None)
+    for i, batch in enumerate(micro_batches):
+        total += forward_backward(engine, objective.loss(engine, batch, device), guard if i == 0 else None)
         if i < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only counts the micro-step
-    agreed = agree(agreement, total / accum, guard, notes)
+    agreed = agree(agreement, total / accum, guard, notes, objective)
     if hasattr(batches, "settle_step"):  # raises DataStop on every rank if any rank's data was unreadable
         batches.settle_step(round(agreed["data_skipped"]), round(agreed["data_problems"]), notes)
-    return update(engine, agreed, guard, data_wait, start)
+    result = update(engine, agreed, guard, data_wait, start)
+    result.extras = objective.step_metrics(agreed)
+    return result
 
 
-def forward_backward(engine, tokens: torch.Tensor, guard=None) -> torch.Tensor:
-    losses = engine(tokens[:, :-1], tokens[:, 1:])  # (M, T) fp32
-    loss = losses.mean()
+def zeros_like_batch(batch):
+    """A micro-batch of zeros of the same structure (a token tensor, or an objective's tuple of tensors)."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(torch.zeros_like(t) for t in batch)
+    return torch.zeros_like(batch)
+
+
+def forward_backward(engine, loss: torch.Tensor, guard=None) -> torch.Tensor:
     if guard is not None:
         loss = guard.inject(loss)  # testing aid: BIGTRAIN_INJECT_NAN_STEPS (no-op otherwise)
     engine.backward(loss)
     return loss.detach()
 
 
-def agree(agreement, mean: torch.Tensor, guard, notes: list) -> dict[str, float]:
+def agree(agreement, mean: torch.Tensor, guard, notes: list, objective) -> dict[str, float]:
     """This rank's facts into the agreement, then the one collective: -> the agreed slots."""
     agreement.set("loss", mean)
+    objective.contribute(agreement)
     agreement.set("data_skipped", sum(note.skipped for note in notes))
     agreement.set("data_problems", len({p for note in notes for p in (*note.corrupt, *note.errors)}))
     if guard is not None:
