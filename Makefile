@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install bigtrain, run the whole pipeline on the embedded corpus (CPU, 2 ranks)
 #   make test   create .venv, install bigtrain[dev], run the test suite
+#   make lint   ruff check (rules in pyproject.toml [tool.ruff])
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -9,7 +10,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bigtrain-installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bigtrain tests tools
 
 test-fast: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -q -ra -m "not slow"

@@ -26,14 +26,19 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def cmd_data_shard(args: argparse.Namespace) -> None:
+    from bigtrain.data.cleaning import CleaningOptions, describe
     from bigtrain.data.shards import write_shards
 
+    cleaning = CleaningOptions(dedup=args.dedup, min_chars=args.min_chars, max_chars=args.max_chars,
+                               max_non_letter=args.max_non_letter, drop_undecodable=args.drop_undecodable)
     manifest = write_shards(Path(args.tokenizer), [Path(p) for p in args.input], args.seq_len, Path(args.out),
                             text_key=args.text_key, val_fraction=args.val_fraction,
                             samples_per_shard=args.samples_per_shard, samples_per_block=args.samples_per_block,
-                            seed=args.seed, workers=args.workers)
+                            seed=args.seed, workers=args.workers, cleaning=cleaning)
     for split, info in manifest.splits.items():
         print(f"{split}: {info.num_samples} samples of {manifest.seq_len + 1} tokens in {len(info.shards)} shard(s)")
+    if manifest.cleaning:
+        print(f"cleaning removed {describe(manifest.cleaning['removed'])} document(s)")
     print(f"shards and manifest.json in {args.out}")
 
 
@@ -273,11 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
     p = data.add_parser("shard", help="tokenize (on all cores), pack and write WebDataset shards + manifest.json; "
                                       "a re-run with unchanged inputs and options only verifies")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="a `bigtrain tokenizer train` folder, or any Hugging Face tokenizer folder (tokenizer.json)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help=".jsonl/.json (one doc per line; .gz or .zst), .parquet (one doc per row), any other file = one "
+                        "doc; directories and quoted globs ('**' recursive) expand to the corpus files in them")
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--text-key", default="text")
+    p.add_argument("--text-key", default="text", help="JSON key / Parquet column holding the text")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents for validation")
     p.add_argument("--samples-per-shard", type=int, default=None, help="default: ~256 MB per shard")
     p.add_argument("--samples-per-block", type=int, default=None,
@@ -285,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--workers", type=int, default=None,
                    help="tokenizer processes (default: all cores); the shards do not depend on it")
+    clean = p.add_argument_group("cleaning (all off by default; docs/data.md)")
+    clean.add_argument("--dedup", action="store_true",
+                       help="drop documents whose normalised text (NFKC, casefold, whitespace collapsed) repeats an "
+                            "earlier one, over all inputs")
+    clean.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this")
+    clean.add_argument("--max-chars", type=int, default=0, help="drop documents longer than this (0: no limit)")
+    clean.add_argument("--max-non-letter", type=float, default=1.0,
+                       help="drop documents whose non-whitespace characters are more than this share non-letters "
+                            "(1.0: no limit)")
+    clean.add_argument("--drop-undecodable", action="store_true",
+                       help="drop (and count) documents that are not valid UTF-8 instead of stopping with an error")
     p.set_defaults(func=cmd_data_shard)
     p = data.add_parser("verify", help="check every shard of a directory against manifest.json (size, tar "
                                        "headers, sha256), in parallel")

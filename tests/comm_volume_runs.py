@@ -20,7 +20,7 @@ from fastpath_runs import BASE
 from bigtrain.config.load import load_config
 from bigtrain.data.loader import StreamSpec, TrainLoader
 from bigtrain.data.sources import load_sources
-from bigtrain.parallel.engine import build_engine
+from bigtrain.parallel.engine import build_engine, release_engine
 from bigtrain.parallel.world import destroy_world, init_world
 from bigtrain.train.step import train_step
 
@@ -46,6 +46,7 @@ def main(out: Path, shards: Path, overrides: list[str]) -> None:
         params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in engine.module.parameters())
         if world.is_main:
             out.write_text(json.dumps({"params": params, "dp": world.dp_size, "ops": ops}, indent=1))
+        release_engine(engine)
     finally:
         destroy_world()
 

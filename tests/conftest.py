@@ -22,6 +22,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"BIGTRAIN_REQUIRE_SLURM=1, but this SLURM test was skipped: {reason}"
 
 
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """The embedded tiny corpus (vocab 1024, seq_len 64), built once per session (tests/tiny_run.py)."""
+    from tiny_run import tiny_shards
+
+    return tiny_shards(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def in_process_world():
     """For modules that load models in the pytest process (``load_model``, the export's parity check):

@@ -2,8 +2,9 @@
 
     torchrun --nproc_per_node 2 tests/device_runs.py OUT_DIR [BACKEND]     # BACKEND: gloo (default), auto
 
-Writes OUT_DIR/result.json (rank 0) and OUT_DIR/initial_zero0.pt (ZeRO-0's fp32 initial weights): whether megatron made gloo side groups, whether the initial
-weights of ZeRO 0/1/3 (fp32 and bf16) are equal, and, after a ZeRO-1 checkpoint is resharded into a
+Writes OUT_DIR/result.json (rank 0) and OUT_DIR/initial_zero0.pt (ZeRO-0's fp32 initial weights):
+whether megatron made gloo side groups, whether the initial weights of ZeRO 0/1/3 (fp32 and bf16) are equal, and,
+after a ZeRO-1 checkpoint is resharded into a
 ZeRO-3 engine with fused AdamW, where Adam's step tensors live and whether a training step runs.
 """
 
@@ -26,7 +27,7 @@ from bigtrain.checkpoint.reshard import load_into_engine  # noqa: E402
 from bigtrain.config.load import dump_yaml, load_config  # noqa: E402
 from bigtrain.checkpoint.source import Checkpoint  # noqa: E402
 from bigtrain.parallel.dsenv import import_deepspeed  # noqa: E402
-from bigtrain.parallel.engine import build_engine  # noqa: E402
+from bigtrain.parallel.engine import build_engine, release_engine  # noqa: E402
 from bigtrain.parallel.world import destroy_world, init_world  # noqa: E402
 from bigtrain.train.step import train_step  # noqa: E402
 
@@ -44,7 +45,7 @@ def initial_weights(cfg, world) -> dict[str, torch.Tensor]:
     params = dict(engine.module.named_parameters())
     with import_deepspeed().zero.GatheredParameters(list(params.values()), enabled=cfg.parallel.zero_stage == 3):
         weights = {name: p.detach().float().cpu().clone() for name, p in params.items()}
-    engine.destroy()
+    release_engine(engine)
     return weights
 
 
@@ -66,7 +67,7 @@ def reshard_then_step(out: Path, world) -> dict:
     for _ in range(2):
         train_step(engine, batches, accum, world.device)
     Checkpointer(out / "zero1", world.is_main).save(engine, meta_for(saved, world, 2), dump_yaml(saved), None)
-    engine.destroy()
+    release_engine(engine)
     dist.barrier()
     cfg = config(out / "zero3", "parallel.zero_stage=3")
     engine, _ = build_engine(cfg, world, VOCAB)
@@ -75,7 +76,7 @@ def reshard_then_step(out: Path, world) -> dict:
     placement = [(str(state["step"].device), str(flat.device), bool(base.defaults["fused"]))
                  for flat, state in base.state.items()]
     result = train_step(engine, batches, accum, world.device)
-    engine.destroy()
+    release_engine(engine)
     return {"adam_step": step, "placement": placement, "loss_after": result.loss,
             "steps_after": int(next(iter(base.state.values()))["step"].item())}
 

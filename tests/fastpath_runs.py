@@ -22,7 +22,7 @@ import torch.distributed as dist
 from bigtrain.config.load import load_config
 from bigtrain.data.loader import StreamSpec, TrainLoader
 from bigtrain.data.sources import load_sources
-from bigtrain.parallel.engine import build_engine
+from bigtrain.parallel.engine import build_engine, release_engine
 from bigtrain.parallel.world import destroy_world, init_world
 from bigtrain.train.step import train_step
 
@@ -44,7 +44,7 @@ def run(overrides: list[str], world, shards: Path) -> dict:
     batches = TrainLoader(load_sources([(str(shards), 1.0, "")], "data.path"), spec, device=world.device)
     accum = t.global_batch_size // (t.micro_batch_size * world.dp_size)
     losses = [train_step(engine, batches, accum, world.device).loss for _ in range(t.steps)]
-    engine.destroy()
+    release_engine(engine)
     dist.barrier()
     return {"losses": losses, "compiled_graphs": counters["stats"]["unique_graphs"] - graphs,
             "patched_torch_linear": torch.nn.functional.linear is not linear}

@@ -13,17 +13,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from chaos import Launch, pretrain_args, read_metrics  # noqa: E402
+from tiny_run import tiny_shards  # noqa: E402
 
 RANKS = 2
 STEPS = 12
 REFERENCE_EXTRA = ("log.tensorboard=true",)
-
-
-def shards_dir(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # built once per session (locked, idempotent)
-    return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
 
 
 def launch(run_dir: Path, shards: Path, *extra: str, env: dict | None = None, name: str = "run") -> Launch:
@@ -34,7 +28,7 @@ def launch(run_dir: Path, shards: Path, *extra: str, env: dict | None = None, na
 def reference_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.getbasetemp() / "fault-reference" / "run"
     if not (run.parent / "DONE").exists():
-        job = launch(run, shards_dir(tmp_path_factory), *REFERENCE_EXTRA, name="reference")
+        job = launch(run, tiny_shards(tmp_path_factory), *REFERENCE_EXTRA, name="reference")
         job.wait(timeout=600)
         rows = read_metrics(run)
         assert rows and rows[-1]["step"] == STEPS, f"the reference run failed:\n{job.tail()}"

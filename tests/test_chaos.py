@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fault_runs import RANKS, STEPS, reference_run, shards_dir
+from fault_runs import RANKS, STEPS, reference_run
+from tiny_run import tiny_shards
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,7 @@ def test_two_random_sigkills_leave_the_metrics_bit_identical(tmp_path_factory, t
 
     reference = reference_run(tmp_path_factory)
     report = run_chaos(tmp_path / "chaos", kills=2, steps=STEPS, ranks=RANKS, tp=1,
-                       shards=shards_dir(tmp_path_factory), reference=reference)
+                       shards=tiny_shards(tmp_path_factory), reference=reference)
     print(report.text())
     assert report.ok, report.text()
     assert report.steps_compared == STEPS

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bigtrain.data.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import run_ranks  # noqa: E402
+from tiny_run import metrics  # noqa: E402
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 G, M, DP, STEPS = 8, 2, 2, 8
@@ -70,10 +72,6 @@ def data(tmp_path_factory):
     raise AssertionError("no seed puts a shard's first read on one rank in steps 2..5")
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_mixture_eval_epochs_and_a_corrupt_shard_end_to_end(data, tmp_path):
     sources, seed, shard, bad_step = data
@@ -88,7 +86,9 @@ def test_mixture_eval_epochs_and_a_corrupt_shard_end_to_end(data, tmp_path):
             f"data.sources=[{{path: {sources[0].path}, weight: 1}}, {{path: {small.path}, weight: 1}}]"]
 
     stopped = run_ranks("bigtrain/pretrain.py", DP, args, timeout=300, check=False)
-    assert stopped.returncode != 0
+    # torchrun exits 1 and lists each failed rank's own status: 2 (the error: line), never a crash at exit
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", stopped.stderr)
+    assert stopped.returncode == 1 and codes and set(codes) == {"2"}, stopped.stderr[-3000:]
     assert f"error: corrupt training data at sample {(bad_step) * G}" in stopped.stderr, stopped.stderr[-3000:]
     assert f"{bad} is corrupt: sha256" in stopped.stderr
     rows = metrics(run)
@@ -96,7 +96,7 @@ def test_mixture_eval_epochs_and_a_corrupt_shard_end_to_end(data, tmp_path):
     meta = json.loads((run / "checkpoints" / f"step_{bad_step:08d}" / "meta.json").read_text())
     assert meta["step"] == bad_step and meta["data"]["position"] == meta["consumed_samples"] == bad_step * G
 
-    resumed = run_ranks("bigtrain/pretrain.py", DP, args + ["data.on_corrupt=skip"], timeout=300, check=False)
+    resumed = run_ranks("bigtrain/pretrain.py", DP, args + ["data.on_corrupt=skip"], timeout=300)
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), resumed.stderr[-3000:]
     assert f"resumed from {run / 'checkpoints'} at step {bad_step}" in resumed.stdout

@@ -24,6 +24,6 @@ def test_deepspeed_launcher_matches_torchrun(tmp_path, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert run.joinpath("metrics.jsonl").exists(), tail(proc.stdout, proc.stderr)  # exit code: see FACTS (rare SIGABRT)
+    assert proc.returncode == 0, tail(proc.stdout, proc.stderr)
     assert trajectory(metrics(run)) == trajectory(ref)
     assert "dist_world_size=4" in proc.stdout + proc.stderr  # the launcher started the 4 ranks itself

@@ -20,7 +20,7 @@ def test_jsonl_text_and_gzip(tmp_path):
     b = tmp_path / "b.json.gz"
     b.write_bytes(gzip.compress(b'{"content": "three"}\n'))
     c = tmp_path / "c.txt.gz"
-    c.write_bytes(gzip.compress("whole file\nis one document\n".encode()))
+    c.write_bytes(gzip.compress(b"whole file\nis one document\n"))
     d = tmp_path / "README"
     d.write_text("no suffix: one document")
     e = tmp_path / "empty.txt"
@@ -52,8 +52,9 @@ def test_text_and_path_errors(tmp_path):
         list(iter_documents([bad]))
     with pytest.raises(DataError, match=r"missing\.jsonl does not exist"):
         list(iter_documents([tmp_path / "missing.jsonl"]))
-    with pytest.raises(DataError, match="is a directory"):
-        list(iter_documents([tmp_path]))
+    (tmp_path / "dir").mkdir()  # a directory stands for the corpus files in it (tests/test_formats.py)
+    with pytest.raises(DataError, match="input directory .*dir holds no corpus files"):
+        list(iter_documents([tmp_path / "dir"]))
     truncated = tmp_path / "t.jsonl.gz"
     truncated.write_bytes(gzip.compress(b'{"text": "x"}\n' * 1000)[:50])
     with pytest.raises(DataError, match=r"t\.jsonl\.gz: cannot read"):

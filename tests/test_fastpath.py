@@ -135,14 +135,6 @@ def fastpath(tmp_path, shards, *groups: list[str], ranks: int = 2) -> dict:
     return json.loads((tmp_path / "out.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    return ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.getbasetemp() / "bigtrain-cache",
-                                   vocab_size=1024)
-
-
 def assert_parity(runs: dict, base: str, tol: float) -> None:
     want = runs[base]["losses"]
     for name, run in runs.items():

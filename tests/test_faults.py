@@ -17,15 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_runs import STEPS, launch, read_metrics, reference_run, shards_dir
+from fault_runs import STEPS, launch, read_metrics, reference_run
 
 pytestmark = pytest.mark.slow
 COMPARED = ("loss", "grad_norm", "lr", "val_loss")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return shards_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,6 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 pytestmark = pytest.mark.usefixtures("in_process_world")
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # shared with tests/test_reshard.py
-    return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
-
-
 def make_hf(folder: Path, tokenizer_dir: Path, variant: str) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -171,8 +163,8 @@ def test_pretraining_continues_from_the_hf_weights(hf_dirs, imported, shards, tm
                                   f"checkpoint.init_from={imported['sharded']}", "parallel.tensor_parallel=2"]}
     common = [f"data.path={shards}", "train.steps=2", "log.tensorboard=false"]
     with ThreadPoolExecutor(2) as pool:
-        procs = dict(zip(jobs, pool.map(lambda a: run_ranks("bigtrain/pretrain.py", 2, [*a, *common], timeout=300,
-                                                                check=False), jobs.values())))
+        procs = dict(zip(jobs, pool.map(lambda a: run_ranks("bigtrain/pretrain.py", 2, [*a, *common], timeout=300),
+                                                 jobs.values())))
     expected = first_batch_loss(hf_dirs["sharded"], shards, global_batch=8, seed=1234)
     for run_dir, proc in procs.items():
         metrics = run_dir / "metrics.jsonl"

@@ -42,10 +42,7 @@ def test_flash_and_efficient_attention_match_math_in_bf16():
         torch.testing.assert_close(causal_attention(q, k, v, backend).float(), want, atol=2e-2, rtol=0)
 
 
-def test_fast_path_switches_keep_bf16_loss_parity_on_cuda(tmp_path, tmp_path_factory):
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    shards = ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.getbasetemp() / "bigtrain-cache", vocab_size=1024)
+def test_fast_path_switches_keep_bf16_loss_parity_on_cuda(tmp_path, shards):
     groups = [["plain", "train.precision=bf16"],
               ["flash", "train.precision=bf16", "model.attention_backend=flash"],
               ["math", "train.precision=bf16", "model.attention_backend=math"],

@@ -21,28 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import REPO, run_ranks  # noqa: E402
-from tiny_run import MODEL_8_STEPS as MODEL  # noqa: E402
+from tiny_run import MODEL_8_STEPS as MODEL, metrics  # noqa: E402
 
 PARITY_TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    return ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.getbasetemp() / "bigtrain-cache", vocab_size=1024)
-
-
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> list[dict]:
     run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                              *MODEL, *overrides], timeout=300, check=False)
+                                              *MODEL, *overrides], timeout=300)
     return metrics(run_dir)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    assert path.exists(), f"no {path}: the run failed"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

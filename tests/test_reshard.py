@@ -26,17 +26,9 @@ from tiny_run import MODEL_8_STEPS as MODEL  # noqa: E402
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"  # shared with tests/test_from_hf.py
-    return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
-
-
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str):
     proc = run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                                     *MODEL, *overrides], timeout=300, check=False)
+                                                     *MODEL, *overrides], timeout=300)
     path = run_dir / "metrics.jsonl"
     assert path.exists(), f"no {path}: the run failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return [json.loads(line) for line in path.read_text().splitlines()], proc

@@ -15,14 +15,6 @@ import pytest
 from launch import run_ranks
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    return ensure_embedded_dataset(seq_len=64, cache_dir=tmp_path_factory.getbasetemp() / "bigtrain-cache",
-                                   vocab_size=1024)
-
-
 def traffic(tmp_path, shards, *overrides: str) -> tuple[int, int, dict]:
     run_ranks("tests/comm_volume_runs.py", 2, [tmp_path / "out.json", shards, *overrides], timeout=300)
     result = json.loads((tmp_path / "out.json").read_text())

@@ -172,7 +172,7 @@ def test_manifest_contents(tok_dir, corpus, tmp_path):
     assert (data["samples_per_block"], data["member_bytes"]) == (k, 512 + -(-k * 130 // 512) * 512)
     assert data["input_stats"] == [[corpus.stat().st_size, corpus.stat().st_mtime_ns]]
     assert (data["vocab_size"], data["bos_id"], data["eos_id"]) == (400, tok.bos_id, tok.eos_id)
-    assert data["tokenizer"] == {"path": str(tok_dir.resolve()), "sha256": tok.sha256}
+    assert data["tokenizer"] == {"path": str(tok_dir.resolve()), "sha256": tok.sha256, "backend": "sentencepiece"}
     assert data["inputs"] == [str(corpus.resolve())]
     assert (data["text_key"], data["val_fraction"], data["seed"]) == ("body", 0.05, 0)
     assert list(data["splits"]) == ["train", "val"]

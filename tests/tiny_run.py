@@ -55,7 +55,7 @@ def reference(tmp_path_factory) -> list[dict]:
     if "reference" not in _cache:
         run_dir = tmp_path_factory.getbasetemp() / "tiny-torchrun"
         run_ranks("bigtrain/pretrain.py", RANKS, ["--config", "debug", *tiny_args(run_dir, tiny_shards(tmp_path_factory))],
-                  timeout=600, check=False)
+                  timeout=600)
         rows = metrics(run_dir)
         assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), "torchrun reference did not finish"
         _cache["reference"] = rows

@@ -27,7 +27,7 @@ from megatron.core import parallel_state
 from bigtrain.checkpoint.manager import Checkpointer
 from bigtrain.config.load import dump_yaml, load_config, to_dict
 from bigtrain.config.arithmetic import padded_vocab_size
-from bigtrain.parallel.engine import build_engine
+from bigtrain.parallel.engine import build_engine, release_engine
 from bigtrain.parallel.world import destroy_world, init_world
 from bigtrain.train.step import train_step
 
@@ -80,7 +80,7 @@ def reshard_one(run_dir: Path, cfg, source: Path, vocab_size: int, tokenizer: Pa
     Checkpointer(run_dir, world.is_main).save(engine, meta_for(cfg, world, ckpt.meta["step"]), dump_yaml(cfg), tokenizer)
     if world.is_main:
         print(f"{run_dir.name} resharded {source} at Adam step {step}", flush=True)
-    engine.destroy()
+    release_engine(engine)
     dist.barrier()
 
 
@@ -105,7 +105,7 @@ def train_one(run_dir: Path, overrides: list[str], vocab_size: int, tokenizer: P
     Checkpointer(run_dir, world.is_main).save(engine, meta_for(cfg, world, cfg.train.steps), dump_yaml(cfg),
                                               tokenizer)
     save_reference_logits(engine, run_dir / REFERENCE, cfg, vocab_size, world)
-    engine.destroy()
+    release_engine(engine)
     dist.barrier()
 
 

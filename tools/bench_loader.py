@@ -17,6 +17,13 @@ micro-batch at a time, in this one process (per core):
 
 Rates are tokens per CPU-second of this process (per core), best of ``--rounds`` interleaved rounds.
 
+With ``--remote``: the same shards served by ``python -m http.server`` on 127.0.0.1 and read through the
+node-local cache (docs/data.md), wall-clock: the time to the first micro-batch from an empty cache (the
+first chunk fetches the shards it touches, i.e. nearly all of them) and its fetch rate, then tokens/s of
+TrainStream with ``remote_warm`` (cache holding the
+dataset: every shard fetched once, then read like local ones) and ``remote_quarter`` (a cache of a
+quarter of the dataset: the global order refetches shards every chunk).
+
 Also: the one-off cost of opening a shard (size + every tar header, then sha256 when
 ``data.verify_checksums``), and the tokens/s one GPU consumes: training FLOPs per token
 ``6 * N + 12 * L * d * T`` (N = parameters in matmuls, the attention term for causal
@@ -108,6 +115,56 @@ def measure(source: Source, flat: np.ndarray, args) -> dict:
     return best
 
 
+def serve(root: Path):
+    """``python -m http.server`` on a free loopback port serving ``root``; -> (process, base URL)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}/shards"
+
+
+def remote_rates(root: Path, args) -> dict:
+    """Wall-clock tokens/s of TrainStream over a loopback HTTP server: cold, warm, a quarter-size cache."""
+    from bigtrain.data.shard_cache import load_remote_manifest
+
+    proc, url = serve(root)
+    spec = StreamSpec(args.micro_batch, args.micro_batch, 0, 1, seed=0)
+    per_batch = args.micro_batch * (args.seq_len + 1)
+    dataset = sum(p.stat().st_size for p in (root / "shards").glob("*.tar"))
+
+    def batches(cache: str, cache_bytes: int):
+        source = Source("bench", url, 1.0, load_remote_manifest(url, root / cache, cache_bytes))
+        return (tokens for chunk in TrainStream([source], spec, verify_checksums=False) for tokens, _ in chunk.batches())
+
+    try:
+        out = {}
+        from bigtrain.data.remote import cache_usage
+
+        cold = batches("cache", dataset)
+        start = time.perf_counter()
+        next(cold)  # the first chunk: fetches (nearly) every shard
+        seconds = time.perf_counter() - start
+        out["cold_first_batch_s"], out["cold_fetch_mb_s"] = seconds, cache_usage(root / "cache") / seconds / 1e6
+        out["remote_warm"] = rate(lambda: next(cold), per_batch, args.seconds, time.perf_counter)
+        quarter = batches("small", dataset // 4)
+        out["remote_quarter"] = rate(lambda: next(quarter), per_batch, args.seconds, time.perf_counter)
+        out["dataset_mb"] = dataset / 1e6
+        return out
+    finally:
+        proc.kill()
+
+
 def open_costs(source: Source) -> dict:
     m, path = source.manifest, source.manifest.shard_paths("train")[0]
     shard = m.splits["train"].shards[0]
@@ -145,11 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--remote", action="store_true", help="also read the shards from a loopback HTTP server")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         source, flat = build(Path(tmp), args.samples, args.seq_len, args.vocab, args.samples_per_shard)
         results = measure(source, flat, args)
         opening = open_costs(source)
+        remote = remote_rates(Path(tmp), args) if args.remote else {}
     flops, params = flops_per_token(*MODELS[args.model][:4], MODELS[args.model][4])
     gpu = args.mfu * args.peak_tflops * 1e12 / flops
     report = {"seq_len": args.seq_len, "micro_batch": args.micro_batch, "samples": args.samples,
@@ -159,13 +218,18 @@ def main(argv: list[str] | None = None) -> None:
               "gpu": {"model": args.model, "matmul_params": params, "flops_per_token": flops, "mfu": args.mfu,
                       "peak_tflops": args.peak_tflops, "tokens_per_s": gpu,
                       "gpus_per_loader_core": results["loader"] / gpu},
-              "versions": versions(), "machine": f"{platform.machine()}, {platform.processor() or '?'}"}
+              "remote": remote, "versions": versions(),
+              "machine": f"{platform.machine()}, {platform.processor() or '?'}"}
     for name, value in results.items():
         print(f"{name:<12} {value / 1e6:10.1f} M tokens/s  ({value / results['memmap']:.0%} of memmap)")
     print(f"one GPU ({args.model}, {args.mfu:.0%} MFU of {args.peak_tflops:.0f} TFLOP/s, {flops / 1e9:.2f} GFLOP/token):"
           f" {gpu / 1e3:.1f} k tokens/s; one loader core reads for {results['loader'] / gpu:,.0f} such GPUs")
     print(f"opening a {opening['shard_mb']:.0f} MB shard: layout check {opening['layout_check_ms']:.1f} ms, "
           f"sha256 {opening['sha256_ms']:.0f} ms ({opening['sha256_gb_per_s']:.2f} GB/s)")
+    if remote:
+        print(f"remote, {remote['dataset_mb']:.0f} MB over loopback HTTP: first batch after {remote['cold_first_batch_s']:.1f} s "
+              f"(fetching {remote['cold_fetch_mb_s']:.0f} MB/s); then {remote['remote_warm'] / 1e6:.1f} M tokens/s wall "
+              f"(cache = dataset), {remote['remote_quarter'] / 1e6:.2f} M tokens/s (cache = dataset / 4)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

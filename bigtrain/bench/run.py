@@ -155,7 +155,7 @@ def initial_state(engine) -> dict[str, torch.Tensor]:
 
 def run(cfg: Config, world: World, sources: list, warmup: int, peak: Peak, bare_mode: str | None):
     """bigtrain's steps, with the bare side interleaved or after; -> (bigtrain Phase, bare Phase or None)."""
-    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.engine import build_engine, release_engine
     from bigtrain.train.faults import HealthCallback, NonFiniteGuard
     from bigtrain.train.metrics import MetricsLogger
     from bigtrain.train.run import build_loader
@@ -178,7 +178,7 @@ def run(cfg: Config, world: World, sources: list, warmup: int, peak: Peak, bare_
         trainer.fit()
     ours.peak_memory_gb, ours.memory_kind = memory.gb, memory.kind
     guard.remove()
-    engine.destroy()
+    release_engine(engine)
     del engine, trainer, guard
     release_memory(world.device)
     if bare_mode == "sequential":

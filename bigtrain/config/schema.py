@@ -87,15 +87,15 @@ class ParallelConfig:
 
 @dataclass
 class SourceConfig:
-    path: str = doc("", "Shard directory written by `bigtrain data shard`.")
+    path: str = doc("", "Shard directory written by `bigtrain data shard`, or its URL (see data.cache_dir).")
     weight: float = doc(1.0, "Relative share of the training samples drawn from this source.")
     name: str = doc("", "Name in metrics (samples/<name>, val_loss/<name>); default: the directory's name.")
 
 
 @dataclass
 class DataConfig:
-    path: str = doc("", "Shard directory written by `bigtrain data shard`; empty = the embedded default corpus. "
-                        "Shorthand for one source; set this or data.sources.")
+    path: str = doc("", "Shard directory written by `bigtrain data shard`, or its URL (data.cache_dir); empty = the "
+                        "embedded default corpus. Shorthand for one source; set this or data.sources.")
     sources: list[SourceConfig] = doc([], "Mixture of shard directories: a list of {path, weight, name}, e.g. "
                                           "[{path: web/, weight: 0.7}, {path: code/, weight: 0.3}] (docs/data.md).")
     num_workers: int = doc(0, "DataLoader worker processes per rank (0 = read in the training process).")
@@ -105,6 +105,11 @@ class DataConfig:
                                        "of the shard); size and tar headers are always checked.")
     mix_block_size: int = doc(1000, "Mixing block: every block of this many stream positions holds a fixed, "
                                     "weight-proportional count from each source (shares exact to 1/block).")
+    cache_dir: str = doc("", "Node-local cache for shards read from a URL (data.path / sources[].path = http(s)://, "
+                             "pipe:CMD with {} for the file name, s3://, gs://); empty = $TMPDIR/bigtrain-shard-cache. "
+                             "Shared safely by the ranks of a node (docs/data.md).")
+    cache_bytes: int = doc(32 << 30, "Bound on the cache's size in bytes (least recently used shards are evicted); "
+                                     "at least one shard; best: the whole dataset, as every step reads all over it.")
 
 
 OBJECTIVES = ("clm", "mlm", "distill")

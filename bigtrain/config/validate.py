@@ -156,6 +156,13 @@ def data_errors(d) -> list[str]:
             errors.append(f"data.sources[{i}].path must be set")
         if not source.weight > 0:
             errors.append(f"data.sources[{i}].weight must be positive, got {source.weight}")
+    if d.cache_bytes < 1:
+        errors.append(f"data.cache_bytes must be positive, got {d.cache_bytes}")
+    paths = [("data.path", d.path)] + [(f"data.sources[{i}].path", s.path) for i, s in enumerate(d.sources)]
+    for key, path in paths:
+        if path.startswith("pipe:") and "{}" not in path:  # remote.py: {} stands for each file name
+            errors.append(f"{key}={path!r}: a pipe: URL marks where the file name goes with {{}}, e.g. "
+                          f"'pipe:aws s3 cp s3://bucket/shards/{{}} -'")
     return errors
 
 

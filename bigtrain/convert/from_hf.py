@@ -14,8 +14,9 @@
 ``pretrain.py run.dir=OUT_DIR data.path=SHARDS`` continues pretraining from these weights (at any
 TP/DP: bigtrain/checkpoint/reshard.py) with a *fresh* optimizer from step 0. The shards must be made
 with this tokenizer (``bigtrain data shard --tokenizer OUT_DIR/tokenizer``): a sentencepiece
-``tokenizer.model`` gets the ``bigtrain_tokenizer.json`` that command needs, and pretraining refuses
-shards whose tokenizer differs.
+``tokenizer.model`` gets the ``bigtrain_tokenizer.json`` that command needs, a ``tokenizer.json``-only
+tokenizer is used as is (bigtrain/data/text_tokenizer.py), and pretraining refuses shards whose
+tokenizer differs.
 
 One tensor at a time is read (memory-mapped), converted to fp32 in bigtrain's layout (fused q/k/v in
 grouped order, ``[gate; up]``, vocabulary padded), cut into N shards and appended to the per-rank

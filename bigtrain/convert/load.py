@@ -15,6 +15,7 @@ from bigtrain.checkpoint.errors import CheckpointError
 from bigtrain.checkpoint.source import Checkpoint
 from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.schema import ModelConfig
+from bigtrain.data.text_tokenizer import document_start_id
 from bigtrain.model.layers import SingleProcess
 from bigtrain.model.encoder import EncoderModel
 from bigtrain.model.llama import LlamaModel
@@ -81,8 +82,9 @@ def load_tokenizer(folder: Path):
 
 def encode_document(tokenizer, text: str) -> list[int]:
     """BOS + the text's tokens (no EOS): how bigtrain evaluates and prompts."""
-    if tokenizer.bos_token_id is None:
-        raise CheckpointError("the checkpoint's tokenizer defines no BOS token")
+    start = document_start_id(tokenizer.bos_token_id, tokenizer.eos_token_id)  # eos when only eos is named
+    if start is None:
+        raise CheckpointError("the checkpoint's tokenizer defines no BOS (or EOS) token")
     # verbose=False: texts longer than model_max_length are fine, callers cut them into windows
-    return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False, verbose=False)
+    return [start] + tokenizer.encode(text, add_special_tokens=False, verbose=False)
 

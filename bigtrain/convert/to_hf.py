@@ -127,7 +127,8 @@ def write_config(ckpt: Checkpoint, path: Path, dtype_name: str) -> None:
 def copy_tokenizer(tok_dir: Path, path: Path, seq_len: int) -> tuple[int | None, int | None]:
     """Copy the checkpoint's tokenizer files into ``path`` (model_max_length = seq_len); -> (bos, eos ids)."""
     if not tok_dir.is_dir():
-        warnings.warn(f"{tok_dir} does not exist: exporting without a tokenizer (no BOS/EOS ids in the config)")
+        warnings.warn(f"{tok_dir} does not exist: exporting without a tokenizer (no BOS/EOS ids in the config)",
+                      stacklevel=2)
         return None, None
     for item in tok_dir.iterdir():
         if item.is_file():

@@ -14,6 +14,8 @@ Layout of a shard directory (format ``bigtrain-shards/2``):
   stream length; ``dropped_tokens`` are the tokens at its end that fit in no sample.
 - ``shards[].sha256`` is the checksum of each whole file; ``input_stats`` ([bytes, mtime_ns] per input)
   lets a re-run with unchanged inputs and options recognise that the dataset is up to date.
+- ``cleaning`` (only when ``data shard`` was asked to clean): the options and how many documents each
+  rule removed (cleaning.py).
 - ``manifest.json``: written last and atomically; a directory without it is not a finished dataset.
 """
 
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bigtrain.data import tarlayout
 from bigtrain.data.errors import DataError
@@ -58,7 +61,8 @@ class SplitInfo:
 @dataclass(frozen=True)
 class TokenizerRef:
     path: str  # absolute path of the tokenizer directory
-    sha256: str  # of its tokenizer.model
+    sha256: str  # its identity: of tokenizer.model (sentencepiece) or of its tokenizer.json files (text_tokenizer.py)
+    backend: str = "sentencepiece"  # or "tokenizers" (a Hugging Face tokenizer.json)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class Manifest:
     splits: dict[str, SplitInfo]
     format: str = FORMAT
     root: Path = field(default=Path("."), compare=False)  # the directory it was loaded from; not saved
+    cleaning: dict = field(default_factory=dict)  # {"options": ..., "removed": {reason: documents}}; {} = none
+    remote: Any = field(default=None, compare=False, repr=False)  # shard_cache.ShardCache of a URL; not saved
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -96,13 +102,13 @@ class Manifest:
 
     def check_tokenizer(self) -> Path:
         """The tokenizer directory, if it still is the one the shards were made with (same sha256, vocab)."""
-        from bigtrain.data.tokenizer import META_FILE, read_meta
+        from bigtrain.data.text_tokenizer import identity, identity_file
 
         path = self.tokenizer_dir
-        meta = read_meta(path)
-        if meta["sha256"] != self.tokenizer.sha256 or meta["vocab_size"] != self.vocab_size:
-            raise DataError(f"tokenizer {path} (vocab {meta['vocab_size']}, sha256 {meta['sha256'][:12]}.. in "
-                            f"{path / META_FILE}) is not the one the shards in {self.root} were made with "
+        found = identity(path)
+        if found.sha256 != self.tokenizer.sha256 or found.vocab_size != self.vocab_size:
+            raise DataError(f"tokenizer {path} (vocab {found.vocab_size}, sha256 {found.sha256[:12]}.. of "
+                            f"{identity_file(path)}) is not the one the shards in {self.root} were made with "
                             f"(vocab {self.vocab_size}, sha256 {self.tokenizer.sha256[:12]}.. in "
                             f"{self.root / MANIFEST_FILE}): it was replaced; re-shard or restore it")
         return path
@@ -111,8 +117,10 @@ class Manifest:
         return [self.root / shard.file for shard in self.splits[split].shards]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        del data["root"]
+        data = asdict(replace(self, remote=None))
+        del data["root"], data["remote"]
+        if not data["cleaning"]:  # no cleaning asked: the manifest of a plain run is what it always was
+            del data["cleaning"]
         return {"format": data.pop("format"), **data}
 
     def save(self, directory: Path) -> Path:

@@ -10,6 +10,11 @@ process reaches the same decision.
 Read path: sample -> (shard, byte offset) is vectorised over a whole chunk of indices; the samples are
 then memoryview slices of the mapped files joined into one buffer by a single C-level call (measured
 faster per sample than numpy fancy indexing of one memmap: BENCHMARKS.md).
+
+A manifest loaded from a URL (``manifest.remote``: shard_cache.py) is read the same way from the
+node-local cache: a shard is fetched (and verified against its sha256) on first use, its path in
+messages is its URL, and its map is dropped after each read so evicted shards free their space;
+:meth:`ShardReader.prefetch` fetches the shards of upcoming samples in the background.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ class ShardReader:
     def __init__(self, manifest: Manifest, split: str, verify_checksums: bool = True):
         self.manifest, self.split, self.verify_checksums = manifest, split, verify_checksums
         info = manifest.splits[split]
-        self.paths = [manifest.root / shard.file for shard in info.shards]
+        self.remote = manifest.remote
+        self.paths = [self.remote.url_of(shard.file) if self.remote else manifest.root / shard.file
+                      for shard in info.shards]
         self.counts = np.array([shard.num_samples for shard in info.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.num_samples = int(self.counts.sum())
@@ -67,9 +74,9 @@ class ShardReader:
             self._mapped = 0
         path = self.paths[shard]
         try:
-            buf = map_shard(path)
+            buf = self._map(shard)
             check_layout(buf, path, int(self.starts[shard]), int(self.counts[shard]), self.manifest)
-            if self.verify_checksums and shard not in self._verified:
+            if self.remote is None and self.verify_checksums and shard not in self._verified:  # remote: at fetch
                 check_sha256(buf, path, self.manifest.splits[self.split].shards[shard].sha256, self.manifest)
                 self._verified.add(shard)
         except CorruptShardError as exc:
@@ -80,8 +87,32 @@ class ShardReader:
         self._mapped += 1
         return view
 
+    def _map(self, shard: int):
+        if self.remote is None:
+            return map_shard(self.paths[shard])
+        info = self.manifest.splits[self.split].shards[shard]
+        size = tarlayout.shard_bytes(info.num_samples, self.block, self.manifest.sample_bytes)
+        return self.remote.open(info.file, size, info.sha256)
+
+    def prefetch(self, indices: np.ndarray) -> None:
+        """Remote shards: fetch the shards of these samples in the background (no-op for local shards)."""
+        if self.remote is None or not len(indices):
+            return
+        shards = self.manifest.splits[self.split].shards
+        wanted = [shards[s] for s in dict.fromkeys(self.locate(indices)[0].tolist()) if self._views[s] is not False]
+        self.remote.prefetch([(info.file, tarlayout.shard_bytes(info.num_samples, self.block, self.manifest.sample_bytes),
+                               info.sha256) for info in wanted])
+
     def gather(self, indices: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """(tokens (len(indices), seq_len + 1), rows whose shard is corrupt: left as zeros)."""
+        try:
+            return self._gather(indices)
+        finally:
+            if self.remote is not None:  # drop the maps: an evicted shard's space is freed now (shard_cache.py)
+                self._views = [False if v is False else None for v in self._views]
+                self._mapped = 0
+
+    def _gather(self, indices: np.ndarray) -> tuple[np.ndarray, list[int]]:
         shards, offsets = self.locate(indices)
         views, nbytes = self._views, self.manifest.sample_bytes
         touched = set(shards.tolist())

@@ -34,13 +34,15 @@ import sentencepiece as spm
 
 import bigtrain
 from bigtrain.data import tarlayout
+from bigtrain.data.cleaning import CleaningOptions, describe, no_removals
 from bigtrain.data.documents import CHUNK_BYTES, as_paths, document_chunks, no_documents
 from bigtrain.data.errors import DataError
+from bigtrain.data.formats import expand_inputs
 from bigtrain.data.integrity import verify_directory
 from bigtrain.data.manifest import (FORMAT, MANIFEST_FILE, Manifest, ShardInfo, SplitInfo, TokenizerRef,
                                     token_dtype)
-from bigtrain.data.tokenize_pool import default_workers, tokenized_chunks
-from bigtrain.data.tokenizer import Tokenizer
+from bigtrain.data.tokenize_pool import EncodedChunk, default_workers, tokenized_chunks
+from bigtrain.data.text_tokenizer import TextTokenizer, load_tokenizer
 
 SHARD_BYTES = 256 << 20  # default shard size
 BLOCK_BYTES = 1 << 20  # default tar member size: one header per MiB of samples
@@ -229,16 +231,38 @@ def input_stats(inputs: list[Path]) -> list[list[int]]:
     return stats
 
 
-def pack_splits(tok: Tokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
-                val_fraction: float, workers: int, chunk_bytes: int) -> dict[str, SplitInfo]:
-    encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes), tok, text_key, workers)
-    docs = (ids for chunk in encoded for ids in chunk.documents())
-    for split, ids in assign_splits(docs, seed, val_fraction):
+def kept_documents(encoded: Iterable[EncodedChunk], removed: dict[str, int]) -> Iterator[np.ndarray]:
+    """The documents' ids in input order, without exact duplicates of earlier ones when the chunks carry
+    dedup keys (cleaning.py): one set of keys in this single consuming process, so any --workers agrees."""
+    seen: set[int] = set()
+    for chunk in encoded:
+        for reason, n in (chunk.removed or {}).items():
+            removed[reason] += n
+        if chunk.keys is None:
+            yield from chunk.documents()
+            continue
+        for key, ids in zip(chunk.keys, chunk.documents()):
+            if key in seen:
+                removed["duplicates"] += 1
+            else:
+                seen.add(key)
+                yield ids
+
+
+def pack_splits(tok: TextTokenizer, inputs: list[Path], text_key: str, packers: dict[str, SplitPacker], seed: int,
+                val_fraction: float, workers: int, chunk_bytes: int,
+                cleaning: CleaningOptions = CleaningOptions()) -> tuple[dict[str, SplitInfo], dict[str, int]]:
+    """(per split: what was written, documents removed by cleaning per reason)."""
+    encoded = tokenized_chunks(document_chunks(inputs, chunk_bytes, text_key), tok, text_key, workers, cleaning)
+    removed = no_removals()
+    for split, ids in assign_splits(kept_documents(encoded, removed), seed, val_fraction):
         packers[split].add(ids)
     splits = {name: packer.finish() for name, packer in packers.items()}
     if not any(s.num_documents for s in splits.values()):
+        if any(removed.values()):
+            raise DataError(f"cleaning removed every document of {', '.join(map(str, inputs))}: {describe(removed)}")
         raise no_documents(inputs, text_key)
-    return splits
+    return splits, removed
 
 
 def expected_shard_counts(num_samples: int, per_shard: int) -> list[int]:
@@ -246,7 +270,7 @@ def expected_shard_counts(num_samples: int, per_shard: int) -> list[int]:
     return [per_shard] * full + ([rest] if rest else [])
 
 
-def up_to_date(out_dir: Path, job: dict, layout: Layout, workers: int) -> Manifest | None:
+def up_to_date(out_dir: Path, job: dict, layout: Layout, workers: int, cleaning: dict) -> Manifest | None:
     """The dataset in ``out_dir`` if it was made by the same job and every shard verifies, else None."""
     if not (out_dir / MANIFEST_FILE).exists():
         return None
@@ -254,7 +278,8 @@ def up_to_date(out_dir: Path, job: dict, layout: Layout, workers: int) -> Manife
         m = Manifest.load(out_dir)
     except DataError:
         return None
-    same = all(getattr(m, key) == value for key, value in job.items()) and all(
+    same = all(getattr(m, key) == value for key, value in job.items()) and m.cleaning.get("options", {}) == cleaning
+    same = same and all(
         [s.num_samples for s in split.shards] == expected_shard_counts(split.num_samples, layout.samples_per_shard)
         for split in m.splits.values())
     if not same:
@@ -285,25 +310,28 @@ def commit(tmp: Path, out_dir: Path, manifest: Manifest) -> None:
 def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: int, out_dir: str | Path, *,
                  text_key: str = "text", val_fraction: float = 0.01, samples_per_shard: int | None = None,
                  samples_per_block: int | None = None, seed: int = 0, workers: int | None = None,
-                 chunk_bytes: int = CHUNK_BYTES) -> Manifest:
+                 chunk_bytes: int = CHUNK_BYTES, cleaning: CleaningOptions = CleaningOptions()) -> Manifest:
     """Tokenize ``inputs`` and write train/val shards + manifest.json into ``out_dir`` (module doc).
 
     ``workers``: tokenizer processes (default: all cores; 1 = in this process); ``chunk_bytes``: raw
-    input per tokenizer task. Neither changes the output. Returns the manifest (of the existing
-    dataset, if it was already up to date).
+    input per tokenizer task. Neither changes the output. ``cleaning``: filters and dedup (cleaning.py;
+    off by default). Returns the manifest (of the existing dataset, if it was already up to date).
     """
     check_args(seq_len, val_fraction, samples_per_shard, samples_per_block)
-    tok = Tokenizer.load(tokenizer_dir)
+    cleaning.check()
+    cleaning_options = cleaning.to_dict() if cleaning.active else {}
+    tok = load_tokenizer(tokenizer_dir)
     inputs, out_dir = as_paths(inputs), Path(out_dir)
     if not inputs:
         raise DataError("no input files given")
+    inputs = expand_inputs(inputs)  # directories and globs -> sorted files (formats.py)
     workers = workers or default_workers()
     layout = choose_layout(seq_len, tok.vocab_size, samples_per_shard, samples_per_block)
     job = dict(seq_len=seq_len, samples_per_block=layout.samples_per_block, vocab_size=tok.vocab_size,
-               tokenizer=TokenizerRef(str(tok.path), tok.sha256), inputs=[str(p.resolve()) for p in inputs],
+               tokenizer=TokenizerRef(str(tok.path), tok.sha256, tok.backend), inputs=[str(p.resolve()) for p in inputs],
                input_stats=input_stats(inputs), text_key=text_key, val_fraction=val_fraction, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    existing = up_to_date(out_dir, job, layout, workers)
+    existing = up_to_date(out_dir, job, layout, workers, cleaning_options)
     if existing is not None:
         log(f"{out_dir} is up to date (same inputs, tokenizer and options; every shard verified): nothing to do")
         return existing
@@ -313,13 +341,14 @@ def write_shards(tokenizer_dir: str | Path, inputs: list[str | Path], seq_len: i
     tmp.mkdir()
     try:
         packers = {name: SplitPacker(ShardSink(tmp, name, layout), tok.bos_id, tok.eos_id) for name in ("train", "val")}
-        splits = pack_splits(tok, inputs, text_key, packers, seed, val_fraction, workers, chunk_bytes)
+        splits, removed = pack_splits(tok, inputs, text_key, packers, seed, val_fraction, workers, chunk_bytes, cleaning)
         if splits["train"].num_samples == 0:
             raise DataError(no_samples_message(splits, inputs, seq_len))
         manifest = Manifest(**job, sample_tokens=seq_len + 1, dtype=token_dtype(tok.vocab_size),
                             member_bytes=tarlayout.member_bytes(layout.samples_per_block, layout.sample_bytes),
                             bos_id=tok.bos_id, eos_id=tok.eos_id, created_by=created_by(), splits=splits,
-                            format=FORMAT, root=out_dir.resolve())
+                            format=FORMAT, root=out_dir.resolve(),
+                            cleaning={"options": cleaning_options, "removed": removed} if cleaning.active else {})
         commit(tmp, out_dir, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -362,4 +391,5 @@ def summary(m: Manifest) -> str:
     """One line describing a written dataset, for the CLI and the embedded builder's log."""
     parts = [f"{name}: {s.num_samples} samples in {len(s.shards)} shards ({s.num_documents} docs, "
              f"{s.num_tokens} tokens, {s.dropped_tokens} dropped)" for name, s in m.splits.items()]
-    return f"seq_len {m.seq_len}, {m.dtype}; " + "; ".join(parts)
+    cleaned = f"; cleaning removed {describe(m.cleaning['removed'])}" if m.cleaning else ""
+    return f"seq_len {m.seq_len}, {m.dtype}; " + "; ".join(parts) + cleaned

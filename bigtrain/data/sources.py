@@ -12,12 +12,13 @@ from pathlib import Path
 
 from bigtrain.config.load import ConfigError
 from bigtrain.data.manifest import Manifest
+from bigtrain.data.remote import is_url, url_name
 
 
 @dataclass(frozen=True)
 class Source:
     name: str  # metric names: samples/<name>, val_loss/<name>
-    path: Path  # the shard directory (resolved)
+    path: Path | str  # the shard directory (resolved), or its URL (remote.py)
     weight: float
     manifest: Manifest
 
@@ -36,8 +37,20 @@ def source_seed(seed: int, name: str, num_sources: int) -> int:
     return seed if num_sources == 1 else seed * 1_000_003 + zlib.crc32(name.encode())
 
 
-def load_sources(entries: list[tuple[str, float, str]], key: str = "data.sources") -> list[Source]:
-    """(path, weight, name) entries -> Sources; names default to the directory name and must be unique."""
+def load_manifest(path: str, cache_dir: str = "", cache_bytes: int = 32 << 30) -> Manifest:
+    """The manifest of a local shard directory, or of one at a URL (its shards then go through the cache)."""
+    if is_url(path):
+        from bigtrain.data.shard_cache import load_remote_manifest
+
+        return load_remote_manifest(path, cache_dir, cache_bytes)
+    return Manifest.load(path)
+
+
+def load_sources(entries: list[tuple[str, float, str]], key: str = "data.sources", cache_dir: str = "",
+                 cache_bytes: int = 32 << 30) -> list[Source]:
+    """(path, weight, name) entries -> Sources; names default to the directory name and must be unique.
+
+    A path may be a URL (remote.py): its shards are read through ``cache_dir``, at most ``cache_bytes``."""
     sources = []
     for i, (path, weight, name) in enumerate(entries):
         where = f"{key}[{i}]" if len(entries) > 1 or key == "data.sources" else key
@@ -45,9 +58,12 @@ def load_sources(entries: list[tuple[str, float, str]], key: str = "data.sources
             raise ConfigError(f"{where}.path is empty: give the shard directory written by `bigtrain data shard`")
         if not weight > 0:
             raise ConfigError(f"{where}.weight must be positive, got {weight}")
-        manifest = Manifest.load(path)
+        manifest = load_manifest(path, cache_dir, cache_bytes)
         manifest.check_tokenizer()
-        sources.append(Source(name or Path(path).resolve().name, Path(path).resolve(), float(weight), manifest))
+        if is_url(path):
+            sources.append(Source(name or url_name(path), path, float(weight), manifest))
+        else:
+            sources.append(Source(name or Path(path).resolve().name, Path(path).resolve(), float(weight), manifest))
     names = [s.name for s in sources]
     for name in names:
         if names.count(name) > 1:

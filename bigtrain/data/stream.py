@@ -70,7 +70,7 @@ class Chunk:
             return [(tokens, None) for tokens in parts]
         return [(tokens, self.notes.get(i)) for i, tokens in enumerate(parts)]
 
-    def pin_memory(self) -> "Chunk":
+    def pin_memory(self) -> Chunk:
         return dataclasses.replace(self, tokens=self.tokens.pin_memory())
 
 
@@ -160,5 +160,13 @@ class TrainStream(IterableDataset):
         """Chunks of consecutive micro-batches: chunk j holds micro-batches [j * chunk, (j + 1) * chunk)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        remote = any(r.remote is not None for r in self.readers)
         for j in itertools.count(worker, workers):
+            if remote:  # the shards of this worker's next chunk, fetched while this one is read and trained on
+                self.prefetch(self.positions(np.arange((j + workers) * self.chunk, (j + workers + 1) * self.chunk)))
             yield self.read(self.positions(np.arange(j * self.chunk, (j + 1) * self.chunk)))
+
+    def prefetch(self, positions: np.ndarray) -> None:
+        source, _, samples = self.locate(positions)
+        for s, reader in enumerate(self.readers):
+            reader.prefetch(samples[source == s])

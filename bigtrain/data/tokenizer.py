@@ -178,6 +178,8 @@ def read_meta(directory: Path) -> dict:
 class Tokenizer:
     """A trained tokenizer directory, encoding with sentencepiece (the reference for all ids)."""
 
+    backend = "sentencepiece"
+
     def __init__(self, path: Path, processor: spm.SentencePieceProcessor, meta: dict):
         self.path = path
         self.sp = processor

@@ -2,8 +2,9 @@
 
 Everything that can be checked on the submitting machine is checked before ``sbatch``: the config
 and its layout for ``nodes x tasks_per_node`` ranks, the partition, the data, and that an existing
-``run.dir`` holds the same model and tokenizer (a different layout is resharded on resume). The job is a :class:`~bigtrain.launch.job.PretrainJob`: on timeout or
-preemption it saves, requeues itself and resumes; after ``max_requeues`` timeouts it gives up.
+``run.dir`` holds the same model and tokenizer (a different layout is resharded on resume). The job is a
+:class:`~bigtrain.launch.job.PretrainJob`: on timeout or preemption it saves, requeues itself and
+resumes; after ``max_requeues`` timeouts it gives up.
 """
 
 from __future__ import annotations

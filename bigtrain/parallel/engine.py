@@ -147,6 +147,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def release_engine(engine) -> None:
+    """Let the engine, its model and the process groups they hold be freed now, not at interpreter exit.
+
+    DeepSpeed 0.19's ZeRO-3 keeps the wrapped model in two process-wide places: its module-level
+    ``FWD_MODULE_STACK`` (pushed when it wraps the model, never popped) and the class-level
+    ``functools.lru_cache`` of ``PartitionedParameterCoordinator.__params_to_release`` (keyed by coordinator
+    and submodule). So the model -- its ZeRO-3 parameters hold ``ds_process_group``, megatron's layers
+    ``tp_group`` -- and through hooks the engine would live until Python finalizes, with their gloo process
+    groups and worker threads (see ``parallel.world.destroy_world``; docs/patches.md). Local: no collective.
+    """
+    engine.destroy()  # removes DeepSpeed's hooks from the model
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [m for m in stack if m is not engine.module]
+    cached = PartitionedParameterCoordinator._PartitionedParameterCoordinator__params_to_release
+    for cell in cached.__closure__ or ():  # the lru_cache sits under DeepSpeed's nvtx wrapper
+        if hasattr(cell.cell_contents, "cache_clear"):
+            cell.cell_contents.cache_clear()
+
+
 def enable_tf32(device: torch.device, precision: str) -> bool:
     """fp32 on CUDA computes its matmuls in TF32 (an H100's fp32 peak is ~15x below its TF32/bf16 one;
     TF32 keeps fp32's range with a 10-bit mantissa, the usual choice for fp32 training). -> whether set."""

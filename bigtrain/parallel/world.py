@@ -130,7 +130,8 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
         env[2] = ("LOCAL_RANK", index)
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
-    for key, value in env:
+    for key, value in env:  # what torch.distributed's env:// rendezvous reads; undone by destroy_world
+        _saved_env.setdefault(key, os.environ.get(key))
         os.environ[key] = str(value)
     deepspeed = import_deepspeed()
     timeout = timedelta(minutes=timeout_min)
@@ -157,9 +158,35 @@ def init_world(tensor_parallel: int, backend: str = "auto", timeout_min: int = 3
 
 
 def destroy_world() -> None:
+    """Free every process group now, while the interpreter is whole (the callers released their engine first).
+
+    Why (the rare SIGABRT "terminate called without an active exception" at exit, after training had
+    finished): ``destroy_process_group`` only unregisters groups; each gloo group (2 worker threads + a TCP
+    loop thread) lives on as long as a Python object references it. Megatron's ``destroy_model_parallel``
+    forgets two of its groups, and a ZeRO-3 model kept alive by DeepSpeed (``engine.release_engine``) holds
+    others, so they were destroyed during interpreter finalization, in an order that differs between ranks,
+    while peers were tearing down the other ends of their connections -- the teardown torch's own
+    ``destroy_process_group`` comment calls unsafe once the interpreter is finalizing.
+    """
+    import gc
+
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    for name in MEGATRON_GROUPS_LEFT_BY_DESTROY:  # megatron-core 0.16 leaves these set (docs/patches.md)
+        setattr(parallel_state, name, None)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    gc.collect()  # the groups' last references are in reference cycles (hooks, closures)
+    for key, value in _saved_env.items():  # the environment as init_world found it
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved_env.clear()
+
+
+_saved_env: dict[str, str | None] = {}
+MEGATRON_GROUPS_LEFT_BY_DESTROY = ("_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
+                                   "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO")

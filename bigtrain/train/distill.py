@@ -113,7 +113,7 @@ class Distill(CausalLM):
         self.micro_batches = 0
 
     @classmethod
-    def build(cls, cfg: Config, world, manifest: Manifest, open_teacher) -> "Distill":
+    def build(cls, cfg: Config, world, manifest: Manifest, open_teacher) -> Distill:
         teacher = check_teacher(cfg, manifest, open_teacher)
         return cls(build_teacher(cfg, world, teacher), teacher.identity(), cfg.distill.alpha, cfg.distill.temperature)
 

@@ -4,8 +4,9 @@ Skipping (:class:`NonFiniteGuard`). Every rank watches its own values during the
 of each micro-batch and, through a tensor hook on every parameter, each local gradient before
 DeepSpeed reduces it (a non-finite local gradient makes the reduced one non-finite too). Before
 the accumulation-boundary ``engine.step()`` the ranks agree (two flags, max over the world, in the
-step's one agreement: train/agreement.py), so either every rank updates or none does. A skipped update is gated at the innermost torch
-optimizer (``engine.basic_optimizer.step`` is a no-op for that call) and at the LR scheduler:
+step's one agreement: train/agreement.py), so either every rank updates or none does. A skipped
+update is gated at the innermost torch optimizer (``engine.basic_optimizer.step`` is a no-op for that
+call) and at the LR scheduler:
 
 - weights, fp32 master weights and Adam moments/step counts stay exactly as after the last good
   update; ZeRO's wrappers still run (they copy the unchanged master weights back, free gradients);

@@ -30,16 +30,16 @@ class TrainState:
         return {k: getattr(self, k) for k in self.HEALTH}
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "TrainState":
+    def from_meta(cls, meta: dict) -> TrainState:
         health = {k: v for k, v in meta.get("health", {}).items() if k in cls.HEALTH}
         return cls(step=meta["step"], consumed_samples=meta["consumed_samples"], **health)
 
 
 
 class Callback:
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None: ...
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 class Trainer:

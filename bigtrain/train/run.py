@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from bigtrain.checkpoint.manager import CHECKPOINT_DIR, Checkpointer, latest_checkpoint, read_meta, resolve_checkpoint
 from bigtrain.checkpoint.reshard import restore
+from bigtrain.config.arithmetic import padded_vocab_size
 from bigtrain.config.load import ConfigError, dump_yaml, to_dict
 from bigtrain.config.schema import MODEL_EXECUTION_KEYS, Config
 from bigtrain.config.validate import resolve_precision, validate
@@ -23,8 +24,7 @@ from bigtrain.data.errors import DataStop
 from bigtrain.data.loader import StreamSpec, TrainLoader, state_problems
 from bigtrain.data.manifest import Manifest
 from bigtrain.data.sources import Source, check_mixture, load_sources
-from bigtrain.data.tokenizer import META_FILE as TOKENIZER_META
-from bigtrain.config.arithmetic import padded_vocab_size
+from bigtrain.data.text_tokenizer import folder_sha256
 from bigtrain.parallel.world import World, destroy_world, init_world, launch_env
 from bigtrain.train import inject
 from bigtrain.train.checkpointing import CheckpointCallback
@@ -50,7 +50,8 @@ def resolve_data(cfg: Config) -> tuple[Config, list[Source]]:
         from bigtrain.data.embedded import ensure_embedded_dataset
 
         entries = [(str(ensure_embedded_dataset(seq_len=cfg.model.seq_len)), 1.0, "")]
-    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path")
+    sources = load_sources(entries, "data.sources" if cfg.data.sources else "data.path", cfg.data.cache_dir,
+                           cfg.data.cache_bytes)
     check_mixture(sources, cfg.data.mix_block_size)
     shard_dir, manifest = sources[0].path, sources[0].manifest
     if manifest.seq_len != cfg.model.seq_len:
@@ -106,12 +107,13 @@ def check_resumable(cfg: Config, manifest: Manifest) -> None:
     ours = to_dict(cfg)["model"]
     diff = {k: (v, meta["model"].get(k)) for k, v in ours.items() if k not in ignore and meta["model"].get(k) != v}
     if diff:
-        hint = f"; resume with --config {Path(cfg.run.dir) / 'config.yaml'}" if (Path(cfg.run.dir) / "config.yaml").is_file() else ""
+        saved_config = Path(cfg.run.dir) / "config.yaml"
+        hint = f"; resume with --config {saved_config}" if saved_config.is_file() else ""
         raise ConfigError(f"{where} of a different model (key: this config vs checkpoint): {diff}{hint}")
-    saved = folder / "tokenizer" / TOKENIZER_META
-    if saved.is_file() and json.loads(saved.read_text()).get("sha256") != manifest.tokenizer.sha256:
+    saved = folder_sha256(folder / "tokenizer")
+    if saved is not None and saved != manifest.tokenizer.sha256:
         raise ConfigError(f"{folder} was trained with the tokenizer in {folder / 'tokenizer'}, but the shards in "
-                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer.model "
+                          f"{manifest.root} were made with {manifest.tokenizer.path} (different tokenizer "
                           f"sha256): re-shard the data with --tokenizer {folder / 'tokenizer'}")
 
 
@@ -140,6 +142,11 @@ def check_precision_supported(cfg: Config) -> None:
     """fp16 needs an accelerator DeepSpeed supports it on (not a plain CPU): say so before any process group."""
     if cfg.train.precision != "fp16":
         return
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed's CPU accelerator may claim fp16 (mkldnn) yet cannot train it
+        raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's fp16 loss scaling), and this machine has "
+                          "none: use train.precision=bf16 or fp32")
     from bigtrain.parallel.dsenv import import_deepspeed
 
     import_deepspeed()
@@ -222,7 +229,7 @@ def device_line(world: World, precision: str) -> str:
 
 
 def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -> Trainer:
-    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.engine import build_engine, release_engine
 
     run_dir = Path(cfg.run.dir)
     engine, ds_config = build_engine(cfg, world, cfg.model.vocab_size)
@@ -262,4 +269,7 @@ def train(cfg: Config, world: World, sources: list[Source], open_teacher=None) -
     except DataStop as error:
         stop_on_data_error(trainer, error)
         raise
+    finally:  # the engine and its process groups go before destroy_world, not at interpreter exit
+        release_engine(engine)
+        trainer.engine = None
     return trainer

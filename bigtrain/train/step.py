@@ -78,7 +78,7 @@ def train_step(engine, batches: Iterator[torch.Tensor], accum: int, device: torc
     """``objective`` (bigtrain/train/objectives.py) turns a micro-batch into its loss; default: causal LM."""
     objective = objective or CausalLM()
     start = time.perf_counter()
-    agreement = step_agreement(agreement, device)
+    agreement = step_agreement(agreement, device, objective)
     micro_batches, notes = fetch(batches, accum)
     data_wait = time.perf_counter() - start
     unreadable = any(note.errors for note in notes)  # compute on zeros: join the others' collectives
