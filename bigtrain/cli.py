@@ -129,19 +129,30 @@ def cmd_config_keys(args: argparse.Namespace) -> None:
 
 
 def cmd_config_recipes(args: argparse.Namespace) -> None:
-    from bigtrain.config.load import RECIPE_DIR, recipe_names
+    from bigtrain.plan import recipe_table
 
-    for name in recipe_names():
-        print(f"{name:<12} {RECIPE_DIR / (name + '.yaml')}")
+    print(recipe_table())
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from bigtrain.config.load import load_config
-    from bigtrain.plan import format_plan, make_plan
+    from bigtrain.plan import Hardware, PlanInputError, format_plan, make_plan, scaling_table
+    from bigtrain.plan.report import PlanErrors
 
-    plan = make_plan(load_config(args.config, args.overrides), args.nodes, args.gpus_per_node, args.gpu_memory_gb,
-                     reserve_gb=args.reserve_gb)
+    if args.recipes_table:
+        print(scaling_table())
+        return
+    hw = Hardware(args.peak_tflops, args.mfu, args.nvlink_gbs, args.ib_gbs)
+    try:
+        plan = make_plan(load_config(args.config, args.overrides), args.nodes, args.gpus_per_node,
+                         args.gpu_memory_gb, reserve_gb=args.reserve_gb, hw=hw)
+    except PlanInputError as exc:
+        if args.json:
+            print(json.dumps({"errors": exc.errors, "advice": []}, indent=2))
+        raise
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    if plan.errors:
+        raise PlanErrors(plan.errors)
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -355,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training throughput of a named model size through the full stack, "
                        "beside the same model in bare PyTorch (tokens/s, MFU, step breakdown, memory)")
-    p.add_argument("--size", required=True, help="20m (CPU), 125m, 350m, 1.3b, 7b or 7b-<k>l (7B width, k layers)")
+    p.add_argument("--size", required=True, help="a recipe's model shape: llama-125m ... llama-70b (`bigtrain config recipes`), "
+                   "short names 125m, 350m, 1.3b, 7b; or 20m (CPU) or 7b-<k>l (7B width, k layers)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--steps", type=int, default=10, help="measured steps, after the warm-up (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="unmeasured first steps (default 2; 3 with train.compile)")
@@ -370,12 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. parallel.zero_stage=1")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("plan", help="dry run: parallel layout, per-GPU memory, tokens per step, warnings (instant)")
+    p = sub.add_parser("plan", help="dry run: parallel layout, per-GPU memory, step time, errors and advice (instant)")
     p.add_argument("--config", default="debug", help="recipe name or YAML path (default: debug)")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--gpus-per-node", type=int, required=True)
-    p.add_argument("--gpu-memory-gb", type=float, required=True, help="memory of one GPU in GiB (H100 80GB: 79.6)")
+    p.add_argument("--nodes", type=int, default=None, help="default: the recipe's cluster.nodes")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="default: the recipe's cluster.gpus_per_node")
+    p.add_argument("--gpu-memory-gb", type=float, default=None,
+                   help="memory of one GPU in GiB (H100 80GB: 79.6); default: the recipe's cluster.gpu_memory_gb")
     p.add_argument("--reserve-gb", type=float, default=2.0, help="CUDA context, NCCL, fragmentation (default 2)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="step time: peak TFLOP/s of a GPU (H100 bf16: 989)")
+    p.add_argument("--mfu", type=float, default=0.5, help="step time: single-GPU MFU without communication (0.5)")
+    p.add_argument("--nvlink-gbs", type=float, default=360.0, help="step time: NVLink bus GB/s per GPU (360)")
+    p.add_argument("--ib-gbs", type=float, default=45.0, help="step time: network GB/s per GPU across nodes (45)")
+    p.add_argument("--recipes-table", action="store_true",
+                   help="print docs/scaling.md's recommended-layout table (the recipes on their clusters) and exit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (bigtrain.plan.Plan)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_plan)

@@ -1,10 +1,11 @@
-"""``bigtrain plan``: numbers against hand-computed values, the real model, and the warnings.
+"""``bigtrain plan``: numbers against hand-computed values, errors, advice and warnings.
 
 - a small TP2 x DP2 ZeRO-3 layout, every number worked out by hand below;
-- the parameter count equals the real bigtrain model's (and Llama-2-7B's published 6,738,415,616);
-- the activation formula equals the bytes autograd really saves for the bigtrain model (fp32, bf16);
-- warnings: does not fit, TP larger than a node, TP groups straddling nodes, batch not divisible,
-  heads not divisible, ZeRO without data parallelism; the CLI answers without importing torch.
+- model states per ZeRO stage x precision x offload as bigtrain/plan/memory.py's table says;
+- the parameter count equals Llama-2-7B's published 6,738,415,616 (the real model: test_plan_measure.py);
+- errors (impossible layouts, does not fit: exit 2, never "fits"), advice (never what is already on),
+  warnings; bad numbers give `error:` lines and no traceback; the CLI answers without importing torch.
+The activation and model-state figures against measurement and DeepSpeed: tests/test_plan_measure.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from launch import REPO
 
 from bigtrain.config.load import load_config
 from bigtrain.config.arithmetic import padded_vocab_size, param_counts
-from bigtrain.plan import GIB, make_plan, saved_activation_bytes
+from bigtrain.plan import GIB, make_plan
 
 SMALL = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
          "model.ffn_hidden_size=176", "model.seq_len=64", "model.vocab_size=1000", "parallel.tensor_parallel=2",
@@ -46,32 +47,49 @@ def test_small_layout_by_hand():
     # batch: 16 sequences x 64 tokens; 16 / (micro 2 x DP 2) = 4 accumulation steps
     assert (plan.tokens_per_step, plan.grad_accumulation, plan.tokens_per_micro_batch_per_gpu) == (1024, 4, 128)
     mem = plan.memory_bytes
-    # ZeRO-3, fp32: params 4 B, grads 4 B, Adam m+v 8 B per parameter, all divided by DP 2
+    # ZeRO-3, fp32: params 4 B, grads 4 B, Adam m+v 8 B per parameter (no fp32 master copy), all divided by DP 2
     assert (mem["parameters"], mem["gradients"], mem["optimizer"]) == (4 * 79168 // 2, 4 * 79168 // 2, 8 * 79168 // 2)
     # activations per token: norm 4*64 + 2*4*64 + 4 = 772; attention 4*(3*4+3*2)*16/2 + 4*4/2 = 584;
-    # mlp 4*4*176/2 = 1408 -> block 2*772 + 584 + 1408 = 3536; output 772 + 4*1024/2 + 17 = 2837;
-    # x 128 tokens, + RoPE cache 8*16*64, + padding mask 1024/2, + fp32 logits gradient 4*128*1024/2
-    assert mem["activations"] == 128 * (2 * 3536 + 2837) + 8 * 16 * 64 + 512 + 4 * 128 * 1024 // 2 == 1539200
-    # buckets min(1000, P) * (4 + 4), + the embedding gathered under ZeRO-3 (the largest unit): 4 * 32768
-    assert mem["buffers"] == 1000 * 8 + 4 * 32768
+    # mlp 4*4*176/2 = 1408 -> block 2*772 + 584 + 1408 = 3536; output norm 772 + 17;
+    # x 128 tokens, + RoPE cache 8*16*64, + padding mask 1024/2 (no checkpointing: nothing recomputed)
+    assert mem["activations"] == 128 * (2 * 3536 + 772 + 17) + 8 * 16 * 64 + 512 == 1014912
+    # logits: fp32, masked in place, turned by megatron's loss into the softmax and the gradient: 4 B x V/t
+    assert mem["logits"] == 4 * 128 * 1024 // 2
+    # buckets min(1000, P) * (4 + 4); ZeRO-3 gathers the embedding (the largest unit) + a 1000-element prefetch
+    assert mem["buffers"] == 1000 * 8 and mem["zero3_gathered"] == 4 * (32768 + 1000)
     assert mem["reserve"] == 0 and mem["total"] == sum(v for k, v in mem.items() if k != "total")
-    assert plan.fits and plan.warnings == []
+    assert plan.fits and plan.errors == [] and plan.advice == []
+    assert [w.split(":")[0] for w in plan.warnings] == ["communication-bound"]  # a tiny model on an H100's numbers
+    assert plan.step_time_s > 0 and 0 <= plan.comm_fraction < 1
 
 
-def test_precision_stage_and_offload_change_memory_as_stated():
-    n = plan_of().params.per_tp_rank
-    bf16 = plan_of("train.precision=bf16").memory_bytes
-    assert (bf16["parameters"], bf16["gradients"], bf16["optimizer"]) == (2 * n // 2, 4 * n // 2, 12 * n // 2)
-    zero1 = plan_of("parallel.zero_stage=1").memory_bytes
-    assert (zero1["parameters"], zero1["gradients"], zero1["optimizer"]) == (4 * n, 4 * n, 8 * n // 2)
-    zero0 = plan_of("parallel.zero_stage=0").memory_bytes
-    assert zero0["optimizer"] == 8 * n
-    fp16 = plan_of("train.precision=fp16").memory_bytes
-    assert (fp16["parameters"], fp16["gradients"], fp16["optimizer"]) == (2 * n // 2, 2 * n // 2, 12 * n // 2)
-    bf16_zero0 = plan_of("train.precision=bf16", "parallel.zero_stage=0").memory_bytes  # DeepSpeed: bf16 accumulation
-    assert (bf16_zero0["parameters"], bf16_zero0["gradients"], bf16_zero0["optimizer"]) == (2 * n, 2 * n, 12 * n)
-    offload = plan_of("parallel.cpu_offload=true").memory_bytes
-    assert offload["optimizer"] == 0 and offload["parameters"] == 0
+@pytest.mark.parametrize("overrides, expected", [  # bigtrain/plan/memory.py's table; n = P per TP rank, d = 2
+    (["train.precision=bf16"], lambda n: (2 * n // 2, 4 * n // 2, 12 * n // 2)),  # ZeRO-3: 18 B / d
+    (["train.precision=fp16"], lambda n: (2 * n // 2, 2 * n // 2, 12 * n // 2)),
+    (["parallel.cpu_offload=true"], lambda n: (0, 0, 0)),  # ZeRO-3 offloads parameters and gradients too
+    (["parallel.zero_stage=2", "train.precision=bf16"], lambda n: (2 * n, 2 * n // 2 + 4 * n // 2, 12 * n // 2)),
+    (["parallel.zero_stage=2", "train.precision=bf16", "parallel.cpu_offload=true"], lambda n: (2 * n, 0, 0)),
+    (["parallel.zero_stage=1", "train.precision=bf16"], lambda n: (2 * n, 6 * n, 12 * n // 2)),  # BF16_Optimizer
+    (["parallel.zero_stage=1"], lambda n: (4 * n, 4 * n + 4 * n // 2, 12 * n // 2)),
+    (["parallel.zero_stage=0"], lambda n: (4 * n, 4 * n, 8 * n)),
+    (["parallel.zero_stage=0", "train.precision=bf16"], lambda n: (2 * n, 2 * n, 12 * n)),  # bf16 accumulation
+])
+def test_model_states_per_stage_precision_and_offload(overrides, expected):
+    plan = plan_of(*overrides)
+    mem = plan.memory_bytes
+    assert (mem["parameters"], mem["gradients"], mem["optimizer"]) == expected(plan.params.per_tp_rank)
+
+
+def test_activations_follow_checkpointing_sequence_parallelism_and_kernel():
+    base = plan_of().memory_bytes["activations"]
+    selective = plan_of("model.activation_checkpointing=selective").memory_bytes["activations"]
+    full = plan_of("model.activation_checkpointing=full").memory_bytes["activations"]
+    sp = plan_of("parallel.sequence_parallel=true").memory_bytes["activations"]
+    math = plan_of("model.attention_backend=math").memory_bytes["activations"]
+    assert full < selective < base and sp < base and math > base
+    # the math kernel keeps the fp32 s x s scores: 4 * (heads / t) * s bytes per token and layer, minus what it
+    # does not keep (the log-sum-exp, one of k's copies)
+    assert math - base == 2 * 128 * (4 * 2 * 64 - 4 * 2 - 4 * 1 * 16)
 
 
 def test_llama2_7b_parameter_count():
@@ -81,69 +99,70 @@ def test_llama2_7b_parameter_count():
     assert param_counts(cfg.model, padded_vocab_size(32000, 128, 1), 1).total == 6_738_415_616  # HF's Llama-2-7b
 
 
-MEASURE = r"""
-import json, os, sys, torch, torch.distributed as dist
-dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # one process: no port
-from megatron.core import ModelParallelConfig, parallel_state
-parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
-from bigtrain.config.load import load_config
-from bigtrain.model.llama import LlamaModel
-out = {}
-for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-    cfg = load_config("debug", json.loads(sys.argv[1]))
-    tp = ModelParallelConfig(tensor_model_parallel_size=1, use_cpu_initialization=True, params_dtype=torch.float32,
-                             sequence_parallel=False, gradient_accumulation_fusion=False)
-    model = LlamaModel(cfg.model, cfg.model.vocab_size, tp).to(dtype)
-    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.train.micro_batch_size, cfg.model.seq_len + 1))
-    saved = {}
-    def pack(t):
-        storage = t.untyped_storage()
-        saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(tokens[:, :-1], tokens[:, 1:]).mean()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    out[precision] = sum(n for ptr, n in saved.items() if ptr not in weights)
-    out["params"] = sum(p.numel() for p in model.parameters())
-print(json.dumps(out))
-"""
-
-
-def test_activation_formula_and_param_count_match_the_real_model():
-    overrides = ["model.hidden_size=128", "model.num_layers=3", "model.num_heads=4", "model.num_kv_heads=2",
-                 "model.ffn_hidden_size=352", "model.seq_len=64", "model.vocab_size=1000", "train.micro_batch_size=2",
-                 "parallel.tensor_parallel=1"]
-    proc = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(overrides)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    measured = json.loads(proc.stdout.strip().splitlines()[-1])
-    cfg = load_config("debug", overrides)
-    vpad = padded_vocab_size(1000, 128, 1)
-    assert measured["params"] == param_counts(cfg.model, vpad, 1).total
-    for precision, act_bytes in (("fp32", 4), ("bf16", 2)):
-        predicted = saved_activation_bytes(cfg.model, 1000, vpad, 1, act_bytes, micro_batch=2)
-        # exact up to a few scalars (the loss, reduction outputs): 64 bytes on ~5 MB
-        assert 0 <= measured[precision] - predicted <= 64, (precision, measured[precision], predicted)
-
-
 @pytest.mark.parametrize("overrides, nodes, gpus, memory_gb, expected", [
     ([], 2, 2, 0.001, "does not fit: about"),
-    (["parallel.tensor_parallel=4"], 2, 2, 80, "parallel.tensor_parallel (4) is larger than a node (2 GPUs)"),
     ([], 1, 3, 80, "world size 3 must be divisible by parallel.tensor_parallel (2)"),
-    ([], 2, 3, 80, "some tensor-parallel groups straddle two nodes"),
     (["train.global_batch_size=6"], 2, 2, 80,
      "train.global_batch_size (6) must be divisible by train.micro_batch_size (2) x data-parallel size (2) = 4"),
     (["parallel.tensor_parallel=4", "model.num_heads=6", "model.num_kv_heads=2", "model.hidden_size=96"], 1, 4, 80,
      "model.num_heads (6) must be divisible by parallel.tensor_parallel (4)"),
     (["parallel.tensor_parallel=4"], 1, 4, 80, "model.num_kv_heads (2) must be divisible by parallel.tensor_parallel (4)"),
-    ([], 1, 2, 80, "ZeRO-3 with data-parallel size 1 partitions nothing"),
+    (["parallel.sequence_parallel=true", "model.seq_len=63"], 2, 2, 80, "parallel.sequence_parallel=true shards "
+     "model.seq_len (63) over parallel.tensor_parallel (2): it must be divisible"),
 ])
-def test_warnings(overrides, nodes, gpus, memory_gb, expected):
+def test_errors(overrides, nodes, gpus, memory_gb, expected):
     plan = plan_of(*overrides, nodes=nodes, gpus=gpus, memory_gb=memory_gb)
-    assert any(expected in w for w in plan.warnings), plan.warnings
+    assert any(expected in e for e in plan.errors), plan.errors
     if "does not fit" in expected:
         assert not plan.fits and plan.memory_bytes["total"] > 0.001 * GIB
+
+
+@pytest.mark.parametrize("overrides, nodes, gpus, expected", [
+    (["parallel.tensor_parallel=4"], 2, 2, "parallel.tensor_parallel (4) is larger than a node (2 GPUs)"),
+    ([], 2, 3, "some tensor-parallel groups straddle two nodes"),
+    ([], 1, 2, "ZeRO-3 with data-parallel size 1 partitions nothing"),
+])
+def test_warnings(overrides, nodes, gpus, expected):
+    plan = plan_of(*overrides, nodes=nodes, gpus=gpus)
+    assert any(expected in w for w in plan.warnings), plan.warnings
+
+
+def test_advice_names_the_smallest_change_that_fits_and_never_one_already_on():
+    big = ["model.hidden_size=4096", "model.num_layers=32", "model.num_heads=32", "model.num_kv_heads=8",
+           "model.ffn_hidden_size=14336", "model.seq_len=8192", "model.vocab_size=128256", "train.precision=bf16",
+           "train.micro_batch_size=2", "train.global_batch_size=64", "parallel.bucket_size=0"]
+    plan = plan_of(*big, nodes=1, gpus=8)  # TP 2, ZeRO-3, no checkpointing: activations too large
+    assert not plan.fits and plan.advice[0] == "to fit, set model.activation_checkpointing=selective"
+    assert plan.advice[1].startswith("or use more nodes: --nodes 8")  # ZeRO-3 over 32 GPUs
+    on = plan_of(*big, "model.activation_checkpointing=selective", "parallel.sequence_parallel=true",
+                 "parallel.zero_stage=3", nodes=1, gpus=8, memory_gb=30)
+    assert not on.fits and on.advice, on
+    for already in ("activation_checkpointing=selective", "sequence_parallel=true", "zero_stage=3"):
+        assert not any(already in a for a in on.advice), on.advice
+    assert on.advice[0].startswith("to fit, set ")
+    fixed = on.advice[0].removeprefix("to fit, set ").split()
+    assert plan_of(*big, "model.activation_checkpointing=selective", "parallel.sequence_parallel=true",
+                   "parallel.zero_stage=3", *fixed, nodes=1, gpus=8, memory_gb=30).fits
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nodes", "0"], "error: --nodes must be positive, got 0"),
+    (["--gpus-per-node", "-1"], "error: --gpus-per-node must be positive, got -1"),
+    (["--gpu-memory-gb", "0"], "error: --gpu-memory-gb must be positive, got 0"),
+    (["train.micro_batch_size=0"], "error: train.micro_batch_size must be positive, got 0"),
+    (["parallel.tensor_parallel=3"], "error: model.num_heads (4) must be divisible by parallel.tensor_parallel (3)"),
+    (["--gpu-memory-gb", "0.001"], "error: does not fit: about"),
+])
+def test_bad_layouts_exit_2_with_error_lines_and_no_traceback(args, message):
+    flags, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
+    proc = subprocess.run([sys.executable, "-m", "bigtrain.cli", "plan", "--config", "debug", "--nodes", "2",
+                           "--gpus-per-node", "2", "--gpu-memory-gb", "80", *flags, "--json", *SMALL, *overrides], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr and proc.stderr.count(message) == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["errors"] and any(message.removeprefix("error: ") in e for e in out["errors"])
+    assert '"fits"' not in proc.stdout or out["fits"] is False or message.endswith("(3)")
 
 
 def test_cli_json_without_torch():
@@ -157,6 +176,9 @@ def test_cli_json_without_torch():
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["memory_bytes"] == plan_of().memory_bytes and out["tokens_per_step"] == 1024
+    assert out["errors"] == [] and out["advice"] == [] and out["step_time_s"] > 0 and "comm_fraction" in out
+    assert {"logits", "activations", "parameters", "gradients", "optimizer", "buffers", "reserve", "total"} <= set(
+        out["memory_bytes"])
     text = subprocess.run([sys.executable, "-m", "bigtrain.cli", "plan", "--config", "debug", *SMALL, "--nodes", "2",
                            "--gpus-per-node", "2", "--gpu-memory-gb", "80"], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={"PYTHONPATH": str(REPO)}).stdout

@@ -1,81 +1,49 @@
-"""Step-time model for N nodes x 8 GPUs under ZeRO-3 + tensor parallelism (docs/scaling.md).
+"""Step-time predictions for the recipes on N nodes x 8 GPUs: docs/scaling.md's "Predictions" table.
 
-    python tools/scaling_model.py                        # the tables in docs/scaling.md
+    python tools/scaling_model.py                        # the table in docs/scaling.md
     python tools/scaling_model.py --mfu 0.45 --nvlink 360 --ib 45 --bench result.json
 
-Per GPU and micro-batch of m sequences of s tokens, with t-way TP inside a node and d = 8N/t-way
-data parallelism (ZeRO over the DP group), bf16 weights/gradients:
-
-    compute   = F_tok * m * s / t / R                 R = peak * single-GPU MFU (from `bigtrain bench`)
-    zero3     = 3 * 2 * P / t * (d-1)/d / B_dp         all-gather params fwd + bwd, reduce-scatter grads
-    tp        = 4 * L * 2 * (t-1)/t * 2*m*s*C / B_nv   2 all-reduces fwd + 2 bwd per layer (no seq. parallel)
-    zero1     = 2 * 2 * P / t * (d-1)/d / B_dp / accum  reduce-scatter grads + all-gather params, once per step
-
-B_dp is NVLink's bus bandwidth when the DP group fits in a node (d*t <= 8), else InfiniBand's per GPU.
-ZeRO-3 traffic overlaps compute (prefetch, overlap_comm) when it is smaller; TP all-reduces sit on the
-critical path (megatron-core without Transformer Engine's comm overlap), so
-    step (ZeRO-3) ~= accum * (max(compute, zero3) + tp)
+The model itself lives in bigtrain/plan/steptime.py (step time, communication share) and
+bigtrain/plan/memory.py + activations.py (memory per GPU): `bigtrain plan` and this table cannot disagree.
+Each row is a recipe (bigtrain/config/recipes/) planned on another cluster / TP / micro batch; rows that do
+not fit 80 GB GPUs, or that the layout forbids, are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from dataclasses import dataclass
+
+from bigtrain.config.load import load_config
+from bigtrain.plan import GIB, Hardware, make_plan
+from bigtrain.plan.advice import replace
+
+GRID = {"llama-1.3b": [(1, 1, 1, 4), (4, 1, 1, 4), (4, 1, 3, 4)],  # (nodes, TP, ZeRO, micro batch)
+        "llama-7b": [(1, 1, 3, 1), (1, 1, 3, 2), (4, 1, 3, 2), (4, 2, 3, 4)],
+        "llama-13b": [(2, 2, 3, 2), (4, 2, 3, 2)],
+        "llama-70b": [(4, 8, 3, 1), (8, 8, 3, 1), (8, 8, 3, 2)]}
 
 
-@dataclass(frozen=True)
-class Model:
-    name: str
-    params: float  # P
-    layers: int  # L
-    hidden: int  # C
-    seq: int = 2048
-
-    @property
-    def flops_per_token(self) -> float:  # 6P + 12 L C T (bigtrain/config/arithmetic.py)
-        return 6 * self.params + 12 * self.layers * self.hidden * self.seq
-
-
-MODELS = [Model("1.3B", 1.35e9, 24, 2048), Model("7B", 6.74e9, 32, 4096), Model("70B", 69e9, 80, 8192)]
+def row(name: str, nodes: int, tp: int, zero: int, micro: int, hw: Hardware) -> str | None:
+    cfg = load_config(name)
+    cfg = replace(replace(cfg, "parallel", tensor_parallel=tp, sequence_parallel=tp > 1, zero_stage=zero), "train",
+                  micro_batch_size=micro)
+    plan = make_plan(cfg, nodes, 8, 79.6, hw=hw, advise=False)
+    if plan.errors:
+        return None
+    t = plan.step_time_detail
+    mfu = plan.params.total and hw.mfu * t["compute_s"] / plan.step_time_s
+    return (f"| {name} | {nodes} | {tp} | {zero} | {micro} | {t['compute_s']:.1f} | {t['overlapped_comm_s']:.1f} | "
+            f"{t['tp_comm_s']:.1f} | {t['step_comm_s']:.1f} | {plan.step_time_s:.1f} | {100 * plan.comm_fraction:.0f}% | "
+            f"{100 * mfu:.0f}% | {plan.memory_bytes['total'] / GIB:.0f} |")
 
 
-def step_terms(m: Model, nodes: int, tp: int, micro: int, rate: float, nvlink: float, ib: float) -> dict:
-    gpus = 8 * nodes
-    dp = gpus // tp
-    b_dp = nvlink if gpus <= 8 else ib
-    compute = m.flops_per_token * micro * m.seq / tp / rate
-    zero3 = 3 * 2 * m.params / tp * (dp - 1) / dp / b_dp
-    tp_comm = 4 * m.layers * 2 * (tp - 1) / tp * 2 * micro * m.seq * m.hidden / nvlink
-    return {"compute": compute, "zero3": zero3, "tp": tp_comm,
-            "step": max(compute, zero3) + tp_comm, "comm_bound": zero3 > compute}
-
-
-def memory_gb(m: Model, nodes: int, tp: int, micro: int, ac: str) -> float:
-    """Per GPU: ZeRO-3 states (16 bytes/param over all GPUs) + activations (Korthikanti et al. 2022)."""
-    states = 16 * m.params / (8 * nodes)
-    per_layer = {"none": 34, "selective": 34, "full": 2}[ac] * m.seq * micro * m.hidden / tp
-    gathered = 2 * 2 * 12 * m.hidden**2 / tp  # ~two layers' bf16 weights live (prefetch)
-    return (states + m.layers * per_layer + gathered) / 2**30
-
-
-def table(rate: float, nvlink: float, ib: float) -> str:
-    header = ("| model | nodes x 8 | TP | micro batch | compute ms | ZeRO-3 comm ms | TP comm ms | comm-bound | "
-              "tokens/s/GPU | MFU | memory GiB (selective AC) |")
-    rows = [header, "|" + "---|" * 11]
-    for m in MODELS:
-        for nodes in (1, 4, 16, 64):
-            for tp in (1, 2, 4, 8):
-                for micro in (1, 4):
-                    mem = memory_gb(m, nodes, tp, micro, "selective")
-                    if mem > 70 or (m.name != "70B" and tp > 2) or (m.name == "70B" and tp < 4):
-                        continue
-                    t = step_terms(m, nodes, tp, micro, rate, nvlink, ib)
-                    tok = micro * m.seq / tp / t["step"]
-                    mfu = tok * m.flops_per_token / (rate / ARGS.mfu)
-                    rows.append(f"| {m.name} | {nodes} | {tp} | {micro} | {1e3 * t['compute']:.0f} | "
-                                f"{1e3 * t['zero3']:.0f} | {1e3 * t['tp']:.0f} | {'yes' if t['comm_bound'] else 'no'} | "
-                                f"{tok:,.0f} | {100 * mfu:.0f}% | {mem:.0f} |")
+def table(hw: Hardware) -> str:
+    rows = ["| recipe | nodes × 8 | TP (+SP) | ZeRO | micro batch | compute s | ZeRO traffic s (overlapped) | "
+            "TP s | per-step comm s | step s | not hidden | MFU | GiB/GPU |", "|" + " --- |" * 13]
+    for name, layouts in GRID.items():
+        rows += [r for layout in layouts if (r := row(name, *layout, hw))]
     return "\n".join(rows)
 
 
@@ -90,8 +58,9 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    ARGS = parse()
-    if ARGS.bench:
-        with open(ARGS.bench) as f:
-            ARGS.mfu = json.load(f)["mfu"]
-    print(table(ARGS.peak * 1e12 * ARGS.mfu, ARGS.nvlink * 1e9, ARGS.ib * 1e9))
+    args = parse()
+    if args.bench:
+        with open(args.bench) as f:
+            args.mfu = json.load(f)["mfu"]
+    print(table(dataclasses.replace(Hardware(), peak_tflops=args.peak, mfu=args.mfu, nvlink_gbs=args.nvlink,
+                                    ib_gbs=args.ib)))

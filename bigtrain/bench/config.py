@@ -2,7 +2,7 @@
 
 Defaults: bf16 on CUDA, fp32 on CPU; ``--accum`` micro-batches per step (4 on CUDA, 1 on CPU);
 no checkpoints (only ``metrics.jsonl`` is written, in ``run.dir``). The micro batch is, in this order: ``train.micro_batch_size=``
-if given, else on CUDA the largest power of two that ``bigtrain plan`` (bigtrain/plan.py) says fits
+if given, else on CUDA the largest power of two that ``bigtrain plan`` (bigtrain/plan/) says fits
 the device, else the size's preset (sizes.py). The JSON result says which
 (``micro_batch_source``).
 """
@@ -52,8 +52,7 @@ def with_micro_batch(cfg: Config, micro: int, global_batch: int | None = None) -
 
 def plan_micro_batch(cfg: Config, world_size: int, gpu_memory_gb: float | None = None) -> int | None:
     """Largest micro batch (a power of two) that ``bigtrain plan`` says fits one GPU of this memory
-    (default: the current CUDA device's). The planner counts activations without checkpointing, so
-    with checkpointing on this choice is conservative."""
+    (default: the current CUDA device's), for the config's activation checkpointing and attention kernel."""
     from bigtrain.plan import make_plan
 
     if gpu_memory_gb is None:
@@ -64,7 +63,8 @@ def plan_micro_batch(cfg: Config, world_size: int, gpu_memory_gb: float | None =
     best = None
     for micro in MICRO_BATCH_CANDIDATES:
         trial = with_micro_batch(cfg, micro, micro * dp)
-        if not make_plan(trial, nodes=1, gpus_per_node=world_size, gpu_memory_gb=gpu_memory_gb).fits:
+        if not make_plan(trial, nodes=1, gpus_per_node=world_size, gpu_memory_gb=gpu_memory_gb,
+                         advise=False).fits:
             break
         best = micro
     return best

@@ -1,12 +1,13 @@
-"""Named model sizes for ``bigtrain bench`` (and anyone who wants a standard shape): one place.
+"""Named model sizes for ``bigtrain bench``: the shipped recipes' shapes (one source of truth).
 
-Llama shapes (SwiGLU, RMSNorm, RoPE, untied embeddings from 125m up) with a 32,000-token vocabulary;
-the ffn sizes are ~8/3 x hidden rounded to a multiple of 128 (7b: Llama-2-7B's 11008). ``7b-<k>l`` is
-the 7B width with only k layers: the per-layer work of a 7B model on one GPU. ``20m`` is the CPU size
-(the embedded corpus' 4096-token vocabulary, sequences of 256).
+A size is a recipe's ``model`` section (bigtrain/config/recipes/llama-*.yaml): ``--size llama-7b`` or the
+short names ``125m``, ``350m``, ``1.3b``, ``7b`` (llama-125m, llama-350m, llama-1.3b, llama-7b). Two sizes
+exist only for benchmarking: ``20m``, the CPU size (the embedded corpus' 4096-token vocabulary, sequences
+of 256), and ``7b-<k>l``, the 7B recipe's width with only k layers: the per-layer work of a 7B model on
+one GPU.
 
 ``micro_batch`` is the default when neither ``train.micro_batch_size=`` nor ``bigtrain plan`` choose
-one (bench/config.py); parameter counts in the comments include the embeddings.
+one (bench/config.py): the recipe's own micro batch.
 """
 
 from __future__ import annotations
@@ -14,44 +15,58 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bigtrain.config.load import load_config, recipe_names
+from bigtrain.config.schema import ModelConfig
 from bigtrain.errors import UserError
+
+SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_hidden_size", "rope_theta",
+              "tie_embeddings", "seq_len", "vocab_size", "vocab_pad_multiple", "norm_eps", "init_std")
+SHORT_NAMES = {"125m": "llama-125m", "350m": "llama-350m", "1.3b": "llama-1.3b", "7b": "llama-7b"}
+FEW_LAYERS = re.compile(r"^7b-(\d+)l$")
 
 
 @dataclass(frozen=True)
 class Size:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    vocab: int
-    seq_len: int
-    tie_embeddings: bool
+    model: dict  # ModelConfig keys that define the shape
     micro_batch: int  # per device, when nothing else chooses it
 
     def model_overrides(self) -> list[str]:
-        return [f"model.hidden_size={self.hidden}", f"model.num_layers={self.layers}",
-                f"model.num_heads={self.heads}", f"model.num_kv_heads={self.kv_heads}",
-                f"model.ffn_hidden_size={self.ffn}", f"model.seq_len={self.seq_len}",
-                f"model.tie_embeddings={str(self.tie_embeddings).lower()}", f"model.vocab_size={self.vocab}"]
+        return [f"model.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                for key, value in self.model.items()]
+
+    @property
+    def layers(self) -> int:
+        return self.model["num_layers"]
+
+    @property
+    def hidden(self) -> int:
+        return self.model["hidden_size"]
 
 
-SIZES: dict[str, Size] = {
-    "20m": Size(512, 6, 8, 4, 1408, 4096, 256, True, 4),  # 19.9M, grouped-query attention
-    "125m": Size(768, 12, 12, 12, 2048, 32000, 2048, False, 16),  # 134M
-    "350m": Size(1024, 24, 16, 16, 2816, 32000, 2048, False, 8),  # 375M
-    "1.3b": Size(2048, 24, 16, 16, 5504, 32000, 2048, False, 8),  # 1.35B
-    "7b": Size(4096, 32, 32, 32, 11008, 32000, 2048, False, 2),  # 6.74B
-}
-FEW_LAYERS = re.compile(r"^7b-(\d+)l$")
+CPU_20M = Size({"hidden_size": 512, "num_layers": 6, "num_heads": 8, "num_kv_heads": 4, "ffn_hidden_size": 1408,
+                "seq_len": 256, "tie_embeddings": True, "vocab_size": 4096}, 4)  # 19.9M, grouped-query attention
+
+
+def recipe_size(recipe: str) -> Size:
+    cfg = load_config(recipe)
+    return Size({key: getattr(cfg.model, key) for key in SHAPE_KEYS}, cfg.train.micro_batch_size)
+
+
+def size_names() -> list[str]:
+    return ["20m", *SHORT_NAMES, "7b-<k>l", *(n for n in recipe_names() if n.startswith("llama-"))]
 
 
 def get_size(name: str) -> Size:
-    if name in SIZES:
-        return SIZES[name]
+    if name == "20m":
+        return CPU_20M
+    if name in SHORT_NAMES or (name.startswith("llama-") and name in recipe_names()):
+        return recipe_size(SHORT_NAMES.get(name, name))
     match = FEW_LAYERS.match(name)
     if match and int(match.group(1)) > 0:
-        base = SIZES["7b"]
-        return Size(**{**base.__dict__, "layers": int(match.group(1))})
-    raise UserError(f"--size {name!r}: expected one of {sorted(SIZES)} or 7b-<k>l (the 7B width with k layers, "
+        base = recipe_size("llama-7b")
+        return Size({**base.model, "num_layers": int(match.group(1))}, base.micro_batch)
+    raise UserError(f"--size {name!r}: expected one of {size_names()} (7b-<k>l: the 7B width with k layers, "
                     "e.g. 7b-4l)")
+
+
+assert set(SHAPE_KEYS) <= {f for f in ModelConfig.__dataclass_fields__}  # a renamed key fails at import

@@ -1,6 +1,6 @@
 """The model's arithmetic, torch-free: the one home of numbers several layers need.
 
-The model (bigtrain/model/llama.py), the plan (bigtrain/plan.py), MFU (bigtrain/train/flops.py,
+The model (bigtrain/model/llama.py), the plan (bigtrain/plan/), MFU (bigtrain/train/flops.py,
 bigtrain/bench/report.py), the optimizer's parameter groups (bigtrain/parallel/engine.py,
 bigtrain/bench/bare.py) and the checkpoint readers (bigtrain/checkpoint/zero_reader.py) all take
 these from here, so they cannot disagree.

@@ -56,6 +56,11 @@ ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
 @dataclass
 class ParallelConfig:
     tensor_parallel: int = doc(1, "Tensor-parallel size (megatron-core layers); must divide the world size.")
+    sequence_parallel: bool = doc(
+        False, "Megatron sequence parallelism: shard the residual stream, norms and pointwise ops along the "
+        "sequence over the TP group (activations outside attention/MLP / TP; same traffic as TP alone). "
+        "Off by default; every shipped recipe with TP > 1 turns it on. Ignored at tensor_parallel=1; "
+        "needs model.seq_len divisible by TP.")
     zero_stage: int = doc(3, "DeepSpeed ZeRO stage: 0, 1, 2 or 3 (partitioned over data-parallel ranks only).")
     cpu_offload: bool = doc(False, "Offload optimizer state (and ZeRO-3 params) to CPU memory (ds_configs/cpu_offload.json).")
     backend: str = doc("auto", "torch.distributed backend: auto (nccl with CUDA, else gloo), nccl or gloo.")
@@ -198,6 +203,15 @@ class DistillConfig:
 
 
 @dataclass
+class ClusterConfig:
+    nodes: int = doc(1, "Nodes this recipe is sized for: `bigtrain plan` uses it when --nodes is not given "
+                     "(training reads the world size from the launcher, not from here).")
+    gpus_per_node: int = doc(1, "GPUs per node this recipe is sized for (`bigtrain plan` default).")
+    gpu_memory_gb: float = doc(79.6, "Memory of one GPU in GiB (an 80 GB H100/A100 has 79.6 GiB; `bigtrain plan` "
+                               "default).")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -209,3 +223,4 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlm: MlmConfig = field(default_factory=MlmConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -59,12 +59,14 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
                        ("model.ffn_hidden_size", m.ffn_hidden_size), ("model.seq_len", m.seq_len),
                        ("model.vocab_pad_multiple", m.vocab_pad_multiple),
                        ("parallel.tensor_parallel", p.tensor_parallel), ("train.steps", t.steps),
+                       ("cluster.nodes", cfg.cluster.nodes), ("cluster.gpus_per_node", cfg.cluster.gpus_per_node),
                        ("train.global_batch_size", t.global_batch_size),
                        ("train.micro_batch_size", t.micro_batch_size), ("log.every", cfg.log.every)]:
         need(value > 0, f"{key} must be positive, got {value}")
     if errors:
         return errors
 
+    need(cfg.cluster.gpu_memory_gb > 0, f"cluster.gpu_memory_gb must be positive, got {cfg.cluster.gpu_memory_gb}")
     need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (0 = from the data manifest), got {m.vocab_size}")
     need(m.hidden_size % m.num_heads == 0,
          f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})")
@@ -80,6 +82,12 @@ def config_errors(cfg: Config, world_size: int | None = None) -> list[str]:
     need(m.ffn_hidden_size % p.tensor_parallel == 0,
          f"model.ffn_hidden_size ({m.ffn_hidden_size}) must be divisible by parallel.tensor_parallel "
          f"({p.tensor_parallel})")
+    need(not (p.sequence_parallel and p.tensor_parallel > 1 and m.seq_len % p.tensor_parallel),
+         f"parallel.sequence_parallel=true shards model.seq_len ({m.seq_len}) over parallel.tensor_parallel "
+         f"({p.tensor_parallel}): it must be divisible (or set parallel.sequence_parallel=false)")
+    need(not (p.sequence_parallel and p.tensor_parallel > 1 and t.objective == "mlm"),
+         "parallel.sequence_parallel=true is not supported with train.objective=mlm (the encoder has no "
+         "sequence-parallel path): set parallel.sequence_parallel=false")
     need(m.rope_theta > 0, f"model.rope_theta must be positive, got {m.rope_theta}")
     need(p.zero_stage in (0, 1, 2, 3), f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
     need(p.backend in BACKENDS, f"parallel.backend must be one of {BACKENDS}, got {p.backend!r}")

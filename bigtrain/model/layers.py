@@ -31,6 +31,7 @@ class SingleProcess:
 
     perform_initialization: bool = True  # False: weights left uninitialised (a checkpoint fills them)
     tensor_model_parallel_size: int = 1
+    sequence_parallel: bool = False
 
 
 Parallel = ModelParallelConfig | SingleProcess
@@ -82,10 +83,12 @@ def row_linear(in_features: int, out_features: int, tp: Parallel, init_method: I
 
 
 def embedding(num_embeddings: int, dim: int, tp: Parallel, init_method: Init) -> nn.Module:
-    """Vocabulary rows split over TP ranks."""
+    """Vocabulary rows split over TP ranks; with sequence parallelism the output is reduce-scattered along
+    the sequence into megatron's (T/tp, B, C) layout instead of all-reduced."""
     if isinstance(tp, SingleProcess):
         return Embedding(num_embeddings, dim, tp, init_method)
-    return VocabParallelEmbedding(num_embeddings, dim, config=tp, init_method=init_method)
+    return VocabParallelEmbedding(num_embeddings, dim, config=tp, init_method=init_method,
+                                  reduce_scatter_embeddings=tp.sequence_parallel)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, tp: Parallel) -> torch.Tensor:

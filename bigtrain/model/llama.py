@@ -14,6 +14,12 @@ Tensor-parallel layouts (also what the HF converter undoes, see bigtrain/checkpo
 - the vocabulary is padded to a multiple of ``vocab_pad_multiple`` (and of TP); logits of padding
   rows are masked out of the loss, so the padding never changes the model's function.
 
+Sequence parallelism (``tp.sequence_parallel``, bigtrain/parallel/sequence.py): the residual stream is
+sharded along the sequence in megatron's sequence-first layout, (T/tp, B, C). The embedding reduce-scatters
+its output into it, megatron's linears gather before and reduce-scatter after the attention and MLP, the
+output layer gathers the whole sequence, and the loss is computed on (T, B). Parameters and their names
+do not change: a checkpoint does not know whether SP was on.
+
 With ``use_cpu_initialization`` every rank draws the *full* master weight of each layer and keeps
 its slice, so the initial model is identical for every TP size. :func:`normal_init` draws it in fp32
 on the CPU from the global CPU generator (``train.seed``) whatever device or dtype megatron's buffer has:
@@ -105,6 +111,7 @@ class Attention(nn.Module):
         self.q_per_group = cfg.num_heads // cfg.num_kv_heads
         self.local_groups = cfg.num_kv_heads // tp_size
         self.backend = cfg.attention_backend  # which kernel computes softmax(QK^T)V: attention.py
+        self.sequence_first = tp.sequence_parallel  # megatron's (T, B, ...) layout around the linears
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         qkv_size = (cfg.num_heads + 2 * cfg.num_kv_heads) * self.head_dim
         self.qkv = column_linear(cfg.hidden_size, qkv_size, tp, normal_init(cfg.init_std))
@@ -112,9 +119,13 @@ class Attention(nn.Module):
         self.compute = attention_core
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        qkv, _ = self.qkv(x)  # (B, T, G*(q_per_group+2)*D)
+        qkv, _ = self.qkv(x)  # (B, T, G*(q_per_group+2)*D); sequence parallel: gathered, (T, B, ...)
+        if self.sequence_first:
+            qkv = qkv.transpose(0, 1).contiguous()
         y = self.compute(qkv, cos, sin, self.local_groups, self.q_per_group, self.head_dim, self.backend, self.causal)
-        out, _ = self.proj(y)  # (B, T, C)
+        if self.sequence_first:
+            y = y.transpose(0, 1).contiguous()  # (T, B, H*D)
+        out, _ = self.proj(y)  # (B, T, C); sequence parallel: reduce-scattered, (T/tp, B, C)
         return out
 
 
@@ -154,6 +165,7 @@ class LlamaModel(nn.Module):
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.vocab_pad_multiple,
                                                    tp.tensor_model_parallel_size)
+        self.sequence_parallel = tp.sequence_parallel
         self.embed = embedding(self.padded_vocab_size, cfg.hidden_size, tp, normal_init(cfg.init_std))
         self.layers = nn.ModuleList(Block(cfg, tp) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
@@ -165,16 +177,19 @@ class LlamaModel(nn.Module):
         """tokens (B, T) -> per-token losses (B, T) in fp32 if labels are given, else local logits (B, T, V/tp)."""
         T = tokens.shape[1]
         cos, sin = rope_cache(T, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, tokens.device)
-        x = self.embed(tokens)  # (B, T, C)
+        x = self.embed(tokens)  # (B, T, C); sequence parallel: (T/tp, B, C)
         for block in self.layers:
             x = block(x, cos, sin)
         x = self.norm(x)
         weight = self.embed.weight if self.cfg.tie_embeddings else None
-        logits, _ = self.lm_head(x, weight=weight)  # (B, T, V/tp)
+        logits, _ = self.lm_head(x, weight=weight)  # (B, T, V/tp); sequence parallel: gathered, (T, B, V/tp)
         if labels is None:
-            return self.mask_padding_(logits)
+            logits = self.mask_padding_(logits)
+            return logits.transpose(0, 1) if self.sequence_parallel else logits
         # fp32 for the loss (the same tensor in fp32 runs), masked in place; megatron's cross entropy then
         # works in place on it: bigtrain/config/arithmetic.py LOGIT_BYTES
+        if self.sequence_parallel:  # the loss on (T, B), returned as (B, T)
+            return cross_entropy(self.mask_padding_(logits.float()), labels.t().contiguous(), self.tp).t()
         return cross_entropy(self.mask_padding_(logits.float()), labels, self.tp)
 
     def mask_padding_(self, logits: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from bigtrain.model.llama import LlamaModel
 from bigtrain.parallel.dsenv import import_deepspeed
 from bigtrain.parallel.mpu import MegatronMpu
 from bigtrain.parallel.optimize import optimize_model
+from bigtrain.parallel.sequence import allow_sequence_parallel_on_cpu, sum_replicated_grads_over_tp
 from bigtrain.parallel.world import World
 from bigtrain.config.schedule import lr_lambda
 
@@ -109,19 +110,29 @@ def tp_layer_config(cfg: Config, world: World) -> ModelParallelConfig:
     """The narrow parallel config megatron's layers receive (fusions off: they need CUDA/apex)."""
     return ModelParallelConfig(
         tensor_model_parallel_size=world.tp_size, use_cpu_initialization=True, perform_initialization=True,
-        params_dtype=torch.float32, sequence_parallel=False, gradient_accumulation_fusion=False)
+        params_dtype=torch.float32, sequence_parallel=sequence_parallel(cfg, world),
+        gradient_accumulation_fusion=False)
+
+
+def sequence_parallel(cfg: Config, world: World) -> bool:
+    """parallel.sequence_parallel, which means nothing (and is off) at tensor_parallel=1."""
+    return cfg.parallel.sequence_parallel and world.tp_size > 1
 
 
 def build_model(cfg: Config, world: World, vocab_size: int, ds_config: dict) -> LlamaModel | EncoderModel:
     """Construct the model (partitioned at construction under ZeRO-3) from ``train.seed``: the Llama decoder,
     or the ModernBERT encoder for ``train.objective=mlm``."""
     deepspeed = import_deepspeed()
+    if sequence_parallel(cfg, world) and world.device.type == "cpu":
+        allow_sequence_parallel_on_cpu()
     torch.manual_seed(cfg.train.seed)
     model_class = EncoderModel if cfg.train.objective == "mlm" else LlamaModel
     with deepspeed.zero.Init(data_parallel_group=parallel_state.get_data_parallel_group(),
                              config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3,
                              mpu=MegatronMpu()):
         model = model_class(cfg.model, vocab_size, tp_layer_config(cfg, world))
+    if sequence_parallel(cfg, world):  # the norms see a sequence shard: sum their gradients over TP
+        sum_replicated_grads_over_tp(model, parallel_state.get_tensor_model_parallel_group())
     if cfg.parallel.zero_stage == 3 and (cfg.model.tie_embeddings or model_class is EncoderModel):
         # The output layer reads the embedding's weight: ZeRO-3 must gather it for lm_head too.
         deepspeed.zero.register_external_parameter(model.lm_head, model.embed.weight)

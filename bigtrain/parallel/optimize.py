@@ -11,8 +11,9 @@ ZeRO-3's parameter hooks, which re-gather a block's weights for the recomputatio
 
 - ``full``: a block keeps only its input; backward re-runs its whole forward (+1 forward of FLOPs).
 - ``selective``: per-op selective checkpointing: the outputs of matmuls, attention kernels and
-  collectives are kept, everything else (RMSNorm in fp32, RoPE, SwiGLU, casts, residual adds) is
-  recomputed from them in backward: most of a block's activation memory, a negligible share of its FLOPs.
+  all-reduces are kept, everything else (RMSNorm in fp32, RoPE, SwiGLU, casts, residual adds, and
+  sequence parallelism's all-gathers and reduce-scatters) is recomputed from them in backward: most of
+  a block's activation memory, a negligible share of its FLOPs.
 
 Compile: ``torch.compile`` (inductor) of each layer's parameter-free math, llama.py's ``compute``
 functions: RMSNorm, RoPE + attention, SwiGLU, one compiled function shared by all layers (no
@@ -90,6 +91,8 @@ def saved_ops() -> frozenset:
              "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
              "_scaled_dot_product_cudnn_attention", "_scaled_mm"]
     ops = {getattr(aten, name).default for name in names if hasattr(aten, name)}
+    # sequence parallelism's collectives are recomputed: megatron's reduce-scatter and all-gather write into
+    # a tensor they are given (c10d's in-place ops), which selective checkpointing cannot cache
     for namespace, name in [("c10d", "allreduce_"), ("_c10d_functional", "all_reduce"),
                             ("flash_attn", "_flash_attn_forward")]:
         packet = getattr(getattr(torch.ops, namespace, None), name, None)
