@@ -11,8 +11,11 @@ from bigtrain.generate import Sampling, filtered_logits, next_token
 LOGITS = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03]))
 
 
+def kept(logits: torch.Tensor) -> list[int]:
+    return torch.isfinite(logits).nonzero().flatten().tolist()
+
+
 def test_top_k_and_top_p_keep_exactly_the_expected_tokens():
-    kept = lambda logits: torch.isfinite(logits).nonzero().flatten().tolist()
     assert kept(filtered_logits(LOGITS, top_k=2, top_p=1.0)) == [0, 1]
     assert kept(filtered_logits(LOGITS, top_k=0, top_p=0.7)) == [0, 1]  # 0.5 < 0.7 <= 0.75
     assert kept(filtered_logits(LOGITS, top_k=0, top_p=0.75)) == [0, 1]  # reaching p is enough

@@ -132,3 +132,23 @@ def test_torch_adam_wins_over_deepspeed_cpu_adam():
 
     optimizer, _ = DeepSpeedEngine.get_optimizer_configuration(None, {"torch_adam": True, "lr": 1e-3}, True)
     assert optimizer is torch.optim.AdamW
+
+
+def test_sequence_parallel_cpu_device_patch_still_needed_and_effective():
+    """parallel/sequence.py: megatron's SP gathers allocate on torch.cuda.current_device(); on a machine
+    without CUDA bigtrain makes that call answer "cpu" (checked in a fresh process: it is process-wide)."""
+    import inspect
+
+    from megatron.core.tensor_parallel import mappings
+
+    source = inspect.getsource(mappings._gather_along_first_dim) + inspect.getsource(
+        mappings._reduce_scatter_along_first_dim)
+    assert "torch.cuda.current_device()" in source, \
+        "megatron's SP gathers no longer ask CUDA for their device: drop allow_sequence_parallel_on_cpu"
+    if torch.cuda.is_available():
+        return  # the patch is a no-op with CUDA
+    code = ("import torch; from bigtrain.parallel.sequence import allow_sequence_parallel_on_cpu; "
+            "allow_sequence_parallel_on_cpu(); print(torch.empty(1, device=torch.cuda.current_device()).device)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "cpu", proc.stdout + proc.stderr[-2000:]

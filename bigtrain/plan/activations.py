@@ -55,7 +55,7 @@ class Shape:
     a: int  # activation bytes
 
     @staticmethod
-    def of(m: ModelConfig, tp: int, sp: bool, act_bytes: int) -> "Shape":
+    def of(m: ModelConfig, tp: int, sp: bool, act_bytes: int) -> Shape:
         return Shape(m.hidden_size, m.hidden_size // m.num_heads, m.num_heads // tp, m.num_kv_heads // tp,
                      m.ffn_hidden_size // tp, m.num_layers, m.seq_len, tp, tp if sp and tp > 1 else 1, act_bytes)
 
