@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import REPO, run_ranks  # noqa: E402
-from tiny_run import MODEL_8_STEPS, metrics, tiny_shards  # noqa: E402
+from tiny_run import MODEL_8_STEPS, metrics, pretrain_ranks  # noqa: E402
 
 PARITY_TOL = 1e-5
 STUDENT = [*MODEL_8_STEPS, "model.hidden_size=32", "model.num_heads=2", "model.num_kv_heads=2",
@@ -35,14 +35,8 @@ STUDENT = [*MODEL_8_STEPS, "model.hidden_size=32", "model.num_heads=2", "model.n
 
 
 def run(run_dir: Path, shards: Path, ranks: int, *overrides: str, model=STUDENT) -> list[dict]:
-    run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                              *model, *overrides], timeout=300, check=False)
+    pretrain_ranks(run_dir, shards, ranks, *overrides, model=model)
     return metrics(run_dir)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return tiny_shards(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from launch import REPO, run_ranks  # noqa: E402
-from tiny_run import MODEL_8_STEPS, metrics, tiny_shards  # noqa: E402
+from launch import REPO  # noqa: E402
+from tiny_run import MODEL_8_STEPS, metrics, pretrain_ranks, tiny_shards  # noqa: E402
 
 from bigtrain.data.masking import IGNORE, MaskSpec, mask_tokens, train_keys  # noqa: E402
 
@@ -87,14 +87,8 @@ def test_loader_masks_identical_for_any_dp_and_after_resume(tmp_path_factory):
 
 
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> list[dict]:
-    run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                              *MLM, *overrides], timeout=300, check=False)
+    pretrain_ranks(run_dir, shards, ranks, *overrides, model=MLM)
     return metrics(run_dir)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return tiny_shards(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

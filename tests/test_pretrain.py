@@ -20,15 +20,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from launch import REPO, run_ranks  # noqa: E402
-from tiny_run import MODEL_8_STEPS as MODEL, metrics  # noqa: E402
+from launch import REPO  # noqa: E402
+from tiny_run import metrics, pretrain_ranks  # noqa: E402
 
 PARITY_TOL = 1e-5
 
 
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> list[dict]:
-    run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                              *MODEL, *overrides], timeout=300)
+    pretrain_ranks(run_dir, shards, ranks, *overrides)
     return metrics(run_dir)
 
 

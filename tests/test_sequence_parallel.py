@@ -25,28 +25,17 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from launch import REPO, run_ranks  # noqa: E402
-from tiny_run import MODEL_8_STEPS as MODEL  # noqa: E402
+from launch import REPO  # noqa: E402
+from tiny_run import metrics, pretrain_ranks  # noqa: E402
 
 TOL = 1e-5
 SP = ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    from bigtrain.data.embedded import ensure_embedded_dataset
-
-    cache = tmp_path_factory.getbasetemp() / "bigtrain-cache"
-    return ensure_embedded_dataset(seq_len=64, cache_dir=cache, vocab_size=1024)
-
-
 def pretrain(run_dir: Path, shards: Path, ranks: int, *overrides: str) -> tuple[list[dict], str]:
-    proc = run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
-                                                     *MODEL, *overrides], timeout=400, check=False)
-    path = run_dir / "metrics.jsonl"
-    assert path.exists(), f"no {path}: the run failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return [json.loads(line) for line in path.read_text().splitlines()], proc.stdout
+    proc = pretrain_ranks(run_dir, shards, ranks, *overrides, timeout=400)
+    return metrics(run_dir), proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,13 @@ def tiny_shards(tmp_path_factory) -> Path:
     return _cache["shards"]
 
 
+def pretrain_ranks(run_dir: Path, shards: Path, ranks: int, *overrides: str, model=MODEL_8_STEPS, timeout: float = 300):
+    """bigtrain/pretrain.py (debug recipe, ``model`` overrides) on ``ranks`` local ranks; a non-zero exit
+    of any rank fails the test (tests/launch.py). -> the finished process."""
+    return run_ranks("bigtrain/pretrain.py", ranks, ["--config", "debug", f"run.dir={run_dir}", f"data.path={shards}",
+                                                     *model, *overrides], timeout=timeout)
+
+
 def tiny_args(run_dir: Path, shards: Path, *extra: str) -> list[str]:
     return [*TINY, f"data.path={shards}", f"run.dir={run_dir}", *extra]
 

@@ -24,6 +24,7 @@ say "4/7 pretrain: DeepSpeed ZeRO-3, tensor parallel 2, 2 CPU ranks (gloo)"
 deepspeed --num_gpus 2 bigtrain/pretrain.py --config debug run.dir="$OUT/run" data.path="$OUT/shards" "$@"
 
 say "5/7 export the latest checkpoint to Hugging Face format"
+rm -rf "$OUT/hf"  # the demo's own previous export (to-hf refuses to overwrite a folder): make demo re-runs
 bigtrain convert to-hf "$OUT/run" "$OUT/hf"
 
 say "6/7 greedy sample from the exported model, loaded with transformers"
