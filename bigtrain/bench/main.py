@@ -95,7 +95,7 @@ def command_line() -> str:
     """How this bench was started, as one would type it again."""
     if sys.argv[0].endswith("bigtrain"):
         return shlex.join(["bigtrain", *sys.argv[1:]])
-    if sys.argv[0].endswith(("bigtrain/cli.py", "bigtrain/__main__.py")):  # python -m bigtrain.cli
+    if sys.argv[0].endswith(("bigtrain/cli/__main__.py", "bigtrain/__main__.py")):  # python -m bigtrain.cli
         return shlex.join(["python", "-m", "bigtrain.cli", *sys.argv[1:]])
     return shlex.join([sys.executable, *sys.argv])
 

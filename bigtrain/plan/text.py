@@ -33,7 +33,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"  {'total':<15} {m['total']:>10.3f}   of {plan.gpu_memory_gb:g} GiB: {verdict}")
     lines.append(f"step time: {plan.step_time_s:.2f} s estimated ({100 * plan.comm_fraction:.0f}% communication not "
                  "hidden by compute; docs/scaling.md)")
-    # errors go to stderr as `error:` lines, once (bigtrain/cli.py)
+    # errors go to stderr as `error:` lines, once (bigtrain/cli/)
     lines += [f"advice: {a}" for a in plan.advice]
     lines += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(lines)
