@@ -5,6 +5,7 @@ checkpoint lines, a finished run, schedule changes on resume, single-process def
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -150,8 +151,11 @@ def test_local_slurm_sizes_nodes_by_the_machine_not_omp_num_threads():
 
 
 def test_lm_eval_runs_the_shipped_local_tasks_offline(run12, tmp_path):
-    """docs/conversion.md's offline lm-eval example (tools/lm_eval/*.yaml) on a tiny export."""
-    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional dependency (pip install lm-eval)")
+    """docs/conversion.md's offline lm-eval example (tools/lm_eval_tasks/*.yaml) on a tiny export."""
+    try:  # the installed distribution, not any folder named lm_eval that happens to be on sys.path
+        importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("lm-evaluation-harness is an optional dependency (pip install lm-eval)")
     run, _ = run12
     hf = tmp_path / "hf"
     export = bigtrain("convert", "to-hf", str(run), str(hf))
@@ -159,7 +163,7 @@ def test_lm_eval_runs_the_shipped_local_tasks_offline(run12, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
     proc = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
-                           f"pretrained={hf},dtype=float32", "--include_path", "tools/lm_eval", "--tasks",
+                           f"pretrained={hf},dtype=float32", "--include_path", "tools/lm_eval_tasks", "--tasks",
                            "bigtrain_python_mc,bigtrain_python_ppl", "--device", "cpu", "--batch_size", "8",
                            "--output_path", str(tmp_path / "evals")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900, check=False)
